@@ -267,3 +267,108 @@ def from_dict(sections: Mapping[str, type], data: Mapping[str, Mapping[str, Any]
 
 def save_resolved(sections: Mapping[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(sections), indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training / evaluation sections. Flags are flat (`--image-size`), so names are unique.
+# ---------------------------------------------------------------------------------------------
+TASK_CHOICES = ("artist", "genre", "style", "combined")
+BACKBONES_HELP = "resnet18/34/50/101/152, convnext_tiny, efficientnet_v2_s, or another torchvision model"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    task: str = opt("genre", "what to classify", choices=TASK_CHOICES)
+    shards: str = opt("shards", "directory with the WebDataset shards and manifest.json")
+    image_size: int = opt(384, "training crop size in pixels", min=8)
+    eval_resize: int | None = opt(None, "eval resize of the shorter side (default: image_size * 13/12)")
+    batch_size: int = opt(64, "per-process batch size", min=1)
+    eval_batch_size: int | None = opt(None, "per-process eval batch size (default: batch_size)")
+    workers: int = opt(4, "loader worker processes per rank", min=0)
+    shuffle_buffer: int = opt(1000, "samples in the streaming shuffle buffer", min=1)
+    balance: str = opt("none", "class balancing of the training stream", choices=("none", "sqrt", "inverse"))
+    balance_task: str | None = opt(None, "task to balance on for --task combined (default: style)")
+    rrc_scale: tuple[float, ...] = opt((0.7, 1.0), "RandomResizedCrop scale range", nargs=2)
+    rrc_ratio: tuple[float, ...] = opt((0.85, 1.15), "RandomResizedCrop aspect-ratio range", nargs=2)
+    color_jitter: tuple[float, ...] = opt((0.12, 0.12, 0.10, 0.03),
+                                          "ColorJitter brightness contrast saturation hue", nargs=4)
+    erasing_p: float = opt(0.2, "RandomErasing probability", min=0.0)
+    hflip: bool = opt(True, "random horizontal flip")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = opt("resnet50", "torchvision backbone: " + BACKBONES_HELP)
+    pretrained: bool = opt(False, "start from torchvision ImageNet weights")
+    pretrained_path: str | None = opt(None, "local file of ImageNet weights (else the torch hub cache)")
+    proj_dim: int = opt(320, "channels of the 1x1 projection before the GRUs", min=1)
+    rnn_hidden: int = opt(256, "GRU hidden size per direction", min=1)
+    rnn_layers: int = opt(2, "GRU layers", min=1)
+    rnn_dropout: float = opt(0.2, "dropout between GRU layers", min=0.0)
+    head_dropout: float = opt(0.4, "dropout before the heads", min=0.0)
+    rnn: bool = opt(True, "use the row/column BiGRU branch (--no-rnn: GAP-only ablation)")
+    channels_last: bool = opt(False, "channels_last memory format")
+    compile: bool = opt(False, "torch.compile the model (falls back to eager if compiling fails)")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = opt(8e-4, "learning rate of the new modules (projection, GRUs, pooling, heads)",
+                    min=0.0, exclusive_min=True)
+    backbone_lr: float = opt(1.5e-4, "learning rate of the backbone", min=0.0, exclusive_min=True)
+    weight_decay: float = opt(1e-4, "AdamW weight decay", min=0.0)
+    warmup_steps: int = opt(0, "linear warmup optimizer steps", min=0)
+    eta_min: float = opt(1e-6, "cosine schedule floor", min=0.0)
+    clip_grad: float | None = opt(1.0, "gradient clipping max norm (none: off)", min=0.0, exclusive_min=True)
+    label_smoothing: float = opt(0.03, "label smoothing", min=0.0)
+    mixup_p: float = opt(0.35, "probability of MixUp per batch", min=0.0)
+    mixup_alpha: float = opt(0.3, "MixUp Beta(alpha, alpha)", min=0.0, exclusive_min=True)
+    cutmix_p: float = opt(0.35, "probability of CutMix per batch", min=0.0)
+    cutmix_alpha: float = opt(1.0, "CutMix Beta(alpha, alpha)", min=0.0, exclusive_min=True)
+    freeze_stem: bool = opt(True, "keep the backbone stem (conv1, bn1) frozen")
+    unfreeze_epoch: int | None = opt(None, "epoch at which the whole backbone is unfrozen (none: never)", min=0)
+    task_weights: tuple[float, ...] = opt((1.0, 1.0, 1.0), "loss weights artist genre style (combined)",
+                                          nargs=3, min=0.0)
+    ema_decay: float | None = opt(None, "EMA of weights with this decay (none: off)", min=0.0)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    out: str = opt("runs/default", "run directory (checkpoints, best/, metrics.jsonl)")
+    epochs: int = opt(10, "training epochs", min=1)
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (none: epochs decide)", min=1)
+    grad_accum: int = opt(1, "gradient accumulation micro-batches per optimizer step", min=1)
+    mixed_precision: str = opt("no", "mixed precision", choices=("no", "fp16", "bf16"))
+    seed: int = opt(0, "random seed (data order, init, augmentation)")
+    resume: str | None = opt(None, "resume: 'auto' (newest checkpoint in --out) or a checkpoint path")
+    overwrite: bool = opt(False, "allow starting fresh in an --out that holds another run")
+    eval_every: int | None = opt(None, "also validate every N optimizer steps (default: each epoch)", min=1)
+    save_every: int | None = opt(None, "save a training checkpoint every N optimizer steps", min=1)
+    keep_last: int = opt(2, "training checkpoints to keep", min=1)
+    log_every: int = opt(10, "log every N optimizer steps", min=1)
+    report_to: str | None = opt(None, "Accelerate tracker, e.g. tensorboard")
+    progress: bool = opt(True, "rich progress bar on the main process")
+
+
+@dataclasses.dataclass
+class HubConfig:
+    push_to_hub: str | None = opt(None, "Hugging Face Hub repo id to push best/ to")
+    hub_private: bool = opt(False, "create the Hub repo private")
+    hub_every: str = opt("best", "push when: 'epoch', 'best', or a number of steps")
+
+
+TRAIN_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
+                                   "train": TrainConfig, "hub": HubConfig}
+
+# The recipe per task (the defaults above are genre's). Applied before YAML and flags.
+TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "artist": {"epochs": 12, "balance": "inverse"},
+    "genre": {"epochs": 10, "balance": "inverse"},
+    "style": {"epochs": 14, "balance": "inverse", "unfreeze_epoch": 7},
+    "combined": {"epochs": 14, "balance": "inverse", "balance_task": "style", "unfreeze_epoch": 4},
+}
+
+
+def parse_train_config(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return parse_config(TRAIN_SECTIONS, argv, "Train the WikiArt CNN-RNN classifier.",
+                        presets=TASK_PRESETS, preset_key="task", prog="train.py")
