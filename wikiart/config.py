@@ -347,6 +347,8 @@ class TrainConfig:
     keep_last: int = opt(2, "training checkpoints to keep", min=1)
     log_every: int = opt(10, "log every N optimizer steps", min=1)
     report_to: str | None = opt(None, "Accelerate tracker, e.g. tensorboard")
+    stop_at_step: int | None = opt(None, "save a checkpoint and exit after this optimizer step, as a "
+                                   "preempted job would (the schedule still spans the whole run)", min=1)
     progress: bool = opt(True, "rich progress bar on the main process")
 
 

@@ -1,0 +1,186 @@
+"""The training and evaluation loop: `train_step`, `train_one_epoch`, `evaluate`.
+
+This is the only module that talks to the `Accelerator` inside the loop. Everything random
+in a step (MixUp/CutMix draws, dropout) is seeded from (seed, step, rank), so a run resumed
+from a checkpoint at step k does exactly what the uninterrupted run did from step k on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from .checkpoint import TrainState
+from .losses import multitask_loss
+from .mixing import Mixer
+from .optim import FreezePlan, ModelEMA, apply_lr
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A seed per (run seed, optimizer step, rank); large odd multipliers keep streams apart."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+@dataclasses.dataclass
+class LoopContext:
+    """What a training step needs besides the batch; built once by `wikiart.training`."""
+    accelerator: Accelerator
+    model: torch.nn.Module                 # prepared (DDP-wrapped when distributed)
+    optimizer: torch.optim.Optimizer       # prepared
+    mixer: Mixer
+    freeze: FreezePlan
+    heads: tuple[str, ...]
+    num_classes: dict[str, int]
+    smoothing: float
+    task_weights: dict[str, float]
+    clip_grad: float | None
+    grad_accum: int
+    total_steps: int
+    warmup_steps: int
+    eta_min: float
+    seed: int
+    stop_on_nonfinite: bool
+    ema: ModelEMA | None = None
+
+
+def _to_device(batch: dict[str, Any], heads: Iterable[str], device: torch.device):
+    images = batch["image"].to(device, non_blocking=True)
+    labels = {t: batch["labels"][t].to(device, non_blocking=True) for t in heads}
+    return images, labels
+
+
+def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: TrainState) -> dict[str, torch.Tensor]:
+    """One optimizer step over `grad_accum` micro-batches. Returns detached loss tensors."""
+    acc, model = ctx.accelerator, ctx.model
+    generator = torch.Generator().manual_seed(step_seed(ctx.seed, state.step))
+    torch.manual_seed(step_seed(ctx.seed, state.step, acc.process_index))  # dropout
+    ctx.optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=acc.device)
+    for i, batch in enumerate(micro_batches):
+        images, labels = _to_device(batch, ctx.heads, acc.device)
+        images, targets, _ = ctx.mixer(images, labels, generator)
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last else acc.no_sync(model)
+        with sync, acc.autocast():
+            loss, parts = multitask_loss(model(images), targets, ctx.smoothing, ctx.task_weights)
+            acc.backward(loss / len(micro_batches))
+        total += loss.detach() / len(micro_batches)
+    ctx.freeze.zero_frozen_grads(model.parameters(), state.epoch)
+    grad_norm = None
+    if ctx.clip_grad is not None:
+        grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.clip_grad)
+    apply_lr(ctx.optimizer, state.step, ctx.total_steps, ctx.warmup_steps, ctx.eta_min)
+    ctx.optimizer.step()
+    if ctx.ema is not None and not ctx.optimizer.step_was_skipped:
+        ctx.ema.update(acc.unwrap_model(model))
+    out = {"loss": total, **{f"loss_{t}": v for t, v in parts.items()}}
+    if grad_norm is not None:
+        out["grad_norm"] = torch.as_tensor(grad_norm).detach()
+    return out
+
+
+def _micro_batch_groups(batches: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    group: list[dict[str, Any]] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+
+
+def train_one_epoch(ctx: LoopContext, loader: Iterable[dict[str, Any]], state: TrainState,
+                    steps_this_epoch: int, on_step: Callable[[dict[str, torch.Tensor]], bool]) -> None:
+    """Run optimizer steps until the epoch's step count; `on_step` returns True to stop early.
+
+    `state` is advanced in place (step, batch_in_epoch) so a checkpoint taken from `on_step`
+    records exactly where the data stream is.
+    """
+    ctx.model.train()
+    ctx.freeze.apply_bn_mode(ctx.accelerator.unwrap_model(ctx.model), state.epoch)
+    done_in_epoch = state.batch_in_epoch // ctx.grad_accum
+    for group in _micro_batch_groups(iter(loader), ctx.grad_accum):
+        if done_in_epoch >= steps_this_epoch:
+            break
+        metrics = train_step(ctx, group, state)
+        state.step += 1
+        state.batch_in_epoch += len(group)
+        done_in_epoch += 1
+        if on_step(metrics):
+            return
+
+
+def check_finite(metrics: dict[str, torch.Tensor], step: int) -> None:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"training loss is {loss} at optimizer step {step}; stopping "
+                                 f"without saving (lower the learning rate, check the data, or "
+                                 f"use --mixed-precision bf16 instead of fp16)")
+
+
+@dataclasses.dataclass
+class EvalOutputs:
+    """Everything evaluation gathered, deduplicated by key, ordered by key."""
+    keys: list[str]
+    logits: dict[str, np.ndarray]       # task -> (N, C) float32
+    labels: dict[str, np.ndarray]       # task -> (N,), -1 missing
+    embeddings: np.ndarray | None = None
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[dict[str, Any]],
+             heads: Iterable[str], expected: int | None, with_embeddings: bool = False,
+             tta_flip: bool = False) -> EvalOutputs:
+    """Score every sample exactly once across ranks; every rank returns the gathered result.
+
+    Runs the unwrapped model so ranks with different batch counts never meet in a collective
+    before the final gather.
+    """
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    heads = tuple(heads)
+    rows: list[tuple[str, dict[str, np.ndarray], dict[str, int], np.ndarray | None]] = []
+    for batch in loader:
+        images, labels = _to_device(batch, heads, accelerator.device)
+        with accelerator.autocast():
+            feats = net.embed(images)
+            logits = net.classify(feats)
+            if tta_flip:
+                flipped = net.classify(net.embed(torch.flip(images, dims=[3])))
+                logits = {t: (logits[t] + flipped[t]) / 2 for t in logits}
+        cpu_logits = {t: logits[t].float().cpu().numpy() for t in heads}
+        cpu_feats = feats.float().cpu().numpy() if with_embeddings else None
+        for i, key in enumerate(batch["key"]):
+            rows.append((key, {t: cpu_logits[t][i] for t in heads},
+                         {t: int(labels[t][i]) for t in heads},
+                         cpu_feats[i] if cpu_feats is not None else None))
+    net.train(was_training)
+    gathered = gather_object(rows) if accelerator.num_processes > 1 else rows
+    return _dedupe(gathered, heads, expected)
+
+
+def _dedupe(rows: list, heads: tuple[str, ...], expected: int | None) -> EvalOutputs:
+    by_key = {row[0]: row for row in rows}
+    if expected is not None and len(by_key) != expected:
+        raise RuntimeError(f"evaluation scored {len(by_key)} distinct samples but the manifest "
+                           f"lists {expected}; the shards and the manifest disagree")
+    keys = sorted(by_key)
+    logits = {t: np.stack([by_key[k][1][t] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+              for t in heads}
+    labels = {t: np.array([by_key[k][2][t] for k in keys], dtype=np.int64) for t in heads}
+    embeddings = None
+    if keys and by_key[keys[0]][3] is not None:
+        embeddings = np.stack([by_key[k][3] for k in keys])
+    return EvalOutputs(keys=keys, logits=logits, labels=labels, embeddings=embeddings)
+

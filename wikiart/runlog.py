@@ -1,0 +1,91 @@
+"""Run logging: rich progress and tables on the main process, `metrics.jsonl`, Accelerate trackers.
+
+Only the main process prints or writes; the other ranks get a logger whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | Path, accelerator, total_steps: int, show_progress: bool = True):
+        self.accelerator = accelerator
+        self.enabled = accelerator.is_main_process
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.console = Console(stderr=False, highlight=False)
+        self.total_steps = total_steps
+        self._progress: Progress | None = None
+        self._task = None
+        self._show = show_progress and self.enabled and sys.stdout.isatty()
+        self._last_time = time.perf_counter()
+        self._last_step = 0
+
+    def __enter__(self) -> "RunLogger":
+        if self._show:
+            self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                      console=self.console, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=self.total_steps, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def record(self, kind: str, values: dict[str, Any], step: int) -> None:
+        """Append one line to metrics.jsonl and send the numbers to the trackers."""
+        if not self.enabled:
+            return
+        row = {"kind": kind, "step": step, "time": time.time(),
+               **{k: _clean(v) for k, v in values.items()}}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        numeric = {f"{kind}/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if numeric:
+            self.accelerator.log(numeric, step=step)
+
+    def images_per_second(self, step: int, images_per_step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self._last_step) * images_per_step / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        return rate
+
+    def progress(self, step: int, loss: float, lr: float, rate: float) -> None:
+        info = f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} img/s"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=info)
+        elif self.enabled:
+            self.console.print(f"step {step}/{self.total_steps}  {info}")
+
+    def print(self, *args: Any) -> None:
+        if self.enabled:
+            self.console.print(*args)
+
+    def epoch_table(self, epoch: int, train: dict[str, float], val: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        table = Table(title=f"epoch {epoch}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in {**{f"train/{k}": v for k, v in train.items()}, **val}.items():
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            table.add_row(key, text)
+        self.console.print(table)

@@ -1,0 +1,313 @@
+"""Setting up and running a training job (what `train.py` calls).
+
+`build_*` functions set up the pieces from the resolved config; `fit` runs epochs, evaluates,
+keeps `best/` and writes checkpoints. The step itself lives in `wikiart.engine`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+from . import checkpoint as ckpt
+from .config import DataConfig, to_dict
+from .data import build_eval_data, build_train_data
+from .engine import LoopContext, NonFiniteLossError, evaluate, train_one_epoch
+from .labels import BASE_TASKS, heads_for_task
+from .manifest import Manifest, load_manifest
+from .metrics import headline_metrics
+from .mixing import Mixer
+from .model import CNNRNNClassifier, from_config
+from .optim import FreezePlan, ModelEMA, build_optimizer
+from .runlog import RunLogger
+
+RUN_CONFIG = "config.json"
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+class RunDirError(RuntimeError):
+    """The output directory holds another run, or cannot be used."""
+
+
+def build_accelerator(cfg: dict[str, Any]) -> Accelerator:
+    train = cfg["train"]
+    # An explicit collective timeout: a dead rank makes the others fail, not hang forever.
+    kwargs = [InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)]
+    return Accelerator(mixed_precision=train.mixed_precision, log_with=train.report_to,
+                       project_dir=train.out, kwargs_handlers=kwargs)
+
+
+def prepare_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
+    """Create the run directory, refusing to mix two runs in one directory."""
+    train = cfg["train"]
+    run_dir = Path(train.out)
+    if accelerator.is_main_process:
+        holds_run = (run_dir / RUN_CONFIG).exists() or ckpt.checkpoint_root(run_dir).exists()
+        if holds_run and train.resume is None:
+            if not train.overwrite:
+                raise RunDirError(f"--out {run_dir} already holds a run; pass --resume auto to "
+                                  f"continue it or --overwrite to start over")
+            for name in (ckpt.CHECKPOINT_DIR, "best", "metrics.jsonl", RUN_CONFIG):
+                target = run_dir / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved = to_dict(cfg)
+        (run_dir / RUN_CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def check_manifest_for_task(manifest: Manifest, task: str) -> tuple[str, ...]:
+    heads = heads_for_task(task)
+    for head in heads:
+        manifest.class_names(head)  # raises ManifestError naming the task
+    return heads
+
+
+def build_model(cfg: dict[str, Any], manifest: Manifest, heads: tuple[str, ...]) -> CNNRNNClassifier:
+    torch.manual_seed(cfg["train"].seed)  # identical init on every rank
+    class_names = {t: manifest.class_names(t) for t in heads}
+    return from_config(cfg["model"], class_names, cfg["data"].image_size)
+
+
+def check_class_names(saved: dict[str, list[str]], manifest: Manifest, where: str) -> None:
+    """A checkpoint trained on other classes must never be silently reused."""
+    for task, names in saved.items():
+        if task not in manifest.classes:
+            raise ckpt.CheckpointError(f"{where} has a {task!r} head but the shards have no {task!r} labels")
+        if list(names) != manifest.classes[task]:
+            raise ckpt.CheckpointError(f"{where}: its {task} classes ({len(names)}) do not match the "
+                                       f"shards' manifest ({len(manifest.classes[task])}); "
+                                       f"use shards built with the same class list")
+
+
+@dataclasses.dataclass
+class Job:
+    cfg: dict[str, Any]
+    accelerator: Accelerator
+    manifest: Manifest
+    heads: tuple[str, ...]
+    run_dir: Path
+    ctx: LoopContext
+    state: ckpt.TrainState
+    steps_per_epoch: int
+    logger: RunLogger
+
+
+def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_accum: int) -> int:
+    batches = max(1, manifest.num_samples("train") // (world * data.batch_size))
+    steps = batches // grad_accum
+    if steps < 1:
+        raise ValueError(f"--grad-accum {grad_accum} is larger than the {batches} batches per epoch")
+    return steps
+
+
+def setup_job(cfg: dict[str, Any]) -> Job:
+    accelerator = build_accelerator(cfg)
+    data, optim_cfg, train = cfg["data"], cfg["optim"], cfg["train"]
+    manifest = load_manifest(data.shards)
+    heads = check_manifest_for_task(manifest, data.task)
+    run_dir = prepare_run_dir(cfg, accelerator)
+    model = build_model(cfg, manifest, heads)
+    optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
+    ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
+    state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, accelerator)
+    prepared_model, prepared_opt = accelerator.prepare(model, optimizer)
+    if accelerator.scaler is not None and "scaler" in extra:
+        accelerator.scaler.load_state_dict(extra["scaler"])
+    steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum)
+    total = steps * train.epochs if train.max_steps is None else min(train.max_steps, steps * train.epochs)
+    num_classes = {t: manifest.num_classes(t) for t in heads}
+    weights = dict(zip(BASE_TASKS, optim_cfg.task_weights))
+    ctx = LoopContext(
+        accelerator=accelerator, model=prepared_model, optimizer=prepared_opt,
+        mixer=Mixer(optim_cfg.mixup_p, optim_cfg.mixup_alpha, optim_cfg.cutmix_p, optim_cfg.cutmix_alpha,
+                    num_classes=num_classes),
+        freeze=FreezePlan(model, optim_cfg.freeze_stem, optim_cfg.unfreeze_epoch),
+        heads=heads, num_classes=num_classes, smoothing=optim_cfg.label_smoothing,
+        task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
+        grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
+        eta_min=optim_cfg.eta_min, seed=train.seed,
+        stop_on_nonfinite=train.mixed_precision != "fp16", ema=ema)
+    if train.report_to:
+        accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
+    logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
+    return Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
+
+
+def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, accelerator):
+    path = ckpt.resolve_resume(cfg["train"].resume, run_dir)
+    if path is None:
+        return ckpt.TrainState(), {}
+    state, model_state, optimizer_state, extra = ckpt.load_checkpoint(path)
+    check_class_names(extra.get("class_names", {}), manifest, f"checkpoint {path}")
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(optimizer_state)
+    if ema is not None and "ema" in extra:
+        ema.load_state_dict(extra["ema"])
+    if accelerator.is_main_process:
+        print(f"resuming from {path} at step {state.step} (epoch {state.epoch}, "
+              f"batch {state.batch_in_epoch})", flush=True)
+    return state, extra
+
+
+def save_training_state(job: Job) -> Path | None:
+    """Every rank calls this; the main process writes (model and optimizer are identical on all)."""
+    acc = job.accelerator
+    path = None
+    if acc.is_main_process:
+        net = acc.unwrap_model(job.ctx.model)
+        extra: dict[str, Any] = {"class_names": net.class_names_dict(), "task": job.cfg["data"].task}
+        if job.ctx.ema is not None:
+            extra["ema"] = job.ctx.ema.state_dict()
+        if acc.scaler is not None:
+            extra["scaler"] = acc.scaler.state_dict()
+        job.state.freeze_phase = job.ctx.freeze.phase(job.state.epoch)
+        path = ckpt.save_checkpoint(job.run_dir, job.state, net.state_dict(), job.ctx.optimizer.state_dict(),
+                                    extra, keep_last=job.cfg["train"].keep_last)
+    acc.wait_for_everyone()
+    return path
+
+
+def save_best(job: Job, metrics: dict[str, float]) -> None:
+    """Keep `best/` in save_pretrained form (EMA weights when EMA is on)."""
+    acc = job.accelerator
+    if acc.is_main_process:
+        net = acc.unwrap_model(job.ctx.model)
+        tmp = job.run_dir / "best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if job.ctx.ema is not None:
+            with job.ctx.ema.swapped_into(net):
+                net.save_pretrained(tmp)
+        else:
+            net.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps({"step": job.state.step, **metrics}, indent=1) + "\n")
+        ckpt.replace_directory(tmp, job.run_dir / "best")
+    acc.wait_for_everyone()
+
+
+def run_validation(job: Job) -> dict[str, float]:
+    acc, data = job.accelerator, job.cfg["data"]
+    info = build_eval_data(job.manifest, "val", data, rank=acc.process_index, world_size=acc.num_processes)
+    net = acc.unwrap_model(job.ctx.model)
+    if job.ctx.ema is not None:
+        with job.ctx.ema.swapped_into(net):
+            out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"))
+    else:
+        out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"))
+    metrics = headline_metrics(out.logits, out.labels)
+    improved = job.state.best_metric is None or metrics["score"] > job.state.best_metric
+    if improved:
+        job.state.best_metric, job.state.best_step = metrics["score"], job.state.step
+        save_best(job, metrics)
+    job.logger.record("val", {**metrics, "epoch": job.state.epoch, "best": improved}, job.state.step)
+    return metrics
+
+
+class StepHooks:
+    """Called after every optimizer step: logging, the non-finite guard, periodic saves/evals."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=job.accelerator.device)
+        self.preempted = False
+        self.loss_sum = torch.zeros((), device=job.accelerator.device)
+        self.loss_count = 0
+
+    def __call__(self, metrics: dict[str, torch.Tensor]) -> bool:
+        job, train = self.job, self.job.cfg["train"]
+        step = job.state.step
+        # Track the first non-finite step on the device: no host sync until a log/save point.
+        bad = ~torch.isfinite(metrics["loss"])
+        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0),
+                                          torch.full_like(self.first_bad_step, step - 1), self.first_bad_step)
+        self.loss_sum += metrics["loss"]
+        self.loss_count += 1
+        done = step >= job.ctx.total_steps
+        if step % train.log_every == 0 or done:
+            self.guard()
+            self._log(metrics, step)
+        if train.save_every and step % train.save_every == 0 and not done:
+            self.guard()
+            save_training_state(job)
+        if train.eval_every and step % train.eval_every == 0 and not done:
+            self.guard()
+            run_validation(job)
+        if train.stop_at_step is not None and step >= train.stop_at_step and not done:
+            self.guard()
+            save_training_state(job)
+            self.preempted = True
+            return True
+        return done
+
+    def guard(self) -> None:
+        """Stop (on every rank) if any rank saw a non-finite loss; fp16 leaves it to the scaler."""
+        if not self.job.ctx.stop_on_nonfinite:
+            return
+        acc = self.job.accelerator
+        bad = (self.first_bad_step >= 0).to(torch.float32)
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        if float(bad) > 0:
+            local = int(self.first_bad_step)
+            step = local if local >= 0 else self.job.state.step
+            raise NonFiniteLossError(f"training loss became non-finite at optimizer step {step}; "
+                                     f"stopping without saving (lower the learning rate or check the data)")
+
+    def epoch_mean_loss(self) -> float:
+        mean = float(self.loss_sum / max(self.loss_count, 1))
+        self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), 0
+        return mean
+
+    def _log(self, metrics: dict[str, torch.Tensor], step: int) -> None:
+        job = self.job
+        values = {k: float(v) for k, v in metrics.items()}
+        lr = job.ctx.optimizer.param_groups[0]["lr"]
+        images = job.cfg["data"].batch_size * job.ctx.grad_accum * job.accelerator.num_processes
+        rate = job.logger.images_per_second(step, images)
+        job.logger.record("train", {**values, "lr": lr, "epoch": job.state.epoch, "images_per_s": rate}, step)
+        job.logger.progress(step, values["loss"], lr, rate)
+
+
+def fit(job: Job) -> dict[str, Any]:
+    """Train until the configured length (or a stop request); returns the last validation metrics."""
+    state, acc, data = job.state, job.accelerator, job.cfg["data"]
+    hooks = StepHooks(job)
+    metrics: dict[str, Any] = {}
+    if state.finished:
+        job.logger.print(f"run in {job.run_dir} already finished at step {state.step}")
+        return metrics
+    with job.logger:
+        while state.step < job.ctx.total_steps:
+            if job.ctx.freeze.phase(state.epoch) != job.ctx.freeze.phase(max(state.epoch - 1, 0)):
+                job.logger.print(f"epoch {state.epoch}: unfreezing the backbone")
+            info = build_train_data(job.manifest, data, rank=acc.process_index, world_size=acc.num_processes,
+                                    epoch=state.epoch, seed=job.cfg["train"].seed,
+                                    skip_batches=state.batch_in_epoch)
+            train_one_epoch(job.ctx, info.loader, state, job.steps_per_epoch, hooks)
+            if hooks.preempted:
+                job.logger.print(f"stopped at step {state.step}; checkpoint saved, resume with --resume auto")
+                return {"stopped_at_step": state.step}
+            if state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            hooks.guard()
+            metrics = run_validation(job)
+            job.logger.epoch_table(state.epoch, {"loss": hooks.epoch_mean_loss()}, metrics)
+            state.finished = state.step >= job.ctx.total_steps
+            save_training_state(job)
+    acc.end_training()
+    return metrics
+
+
+def train(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Entry point used by train.py: set up, fit, return the final validation metrics."""
+    job = setup_job(cfg)
+    return fit(job)
