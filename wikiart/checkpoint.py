@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -127,7 +128,7 @@ def load_checkpoint(path: str | Path) -> tuple[TrainState, dict[str, torch.Tenso
         model_state = load_file(str(path / "model.safetensors"))
         optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         extra = torch.load(path / "extra.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
     return state, model_state, optimizer_state, extra
 

@@ -325,7 +325,8 @@ class OptimConfig:
     mixup_alpha: float = opt(0.3, "MixUp Beta(alpha, alpha)", min=0.0, exclusive_min=True)
     cutmix_p: float = opt(0.35, "probability of CutMix per batch", min=0.0)
     cutmix_alpha: float = opt(1.0, "CutMix Beta(alpha, alpha)", min=0.0, exclusive_min=True)
-    freeze_stem: bool = opt(True, "keep the backbone stem (conv1, bn1) frozen")
+    freeze_stem: bool = opt(True, "keep the backbone stem (conv1, bn1) frozen when "
+                                                 "starting from pretrained weights")
     unfreeze_epoch: int | None = opt(None, "epoch at which the whole backbone is unfrozen (none: never)", min=0)
     task_weights: tuple[float, ...] = opt((1.0, 1.0, 1.0), "loss weights artist genre style (combined)",
                                           nargs=3, min=0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,11 @@ def build_accelerator(cfg: dict[str, Any]) -> Accelerator:
     train = cfg["train"]
     # An explicit collective timeout: a dead rank makes the others fail, not hang forever.
     kwargs = [InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)]
+    # Launched by torchrun on a machine without CUDA: Accelerate only forms a gloo group when
+    # told to use the CPU (otherwise every rank silently runs alone).
+    cpu_ddp = not torch.cuda.is_available() and "LOCAL_RANK" in os.environ
     return Accelerator(mixed_precision=train.mixed_precision, log_with=train.report_to,
-                       project_dir=train.out, kwargs_handlers=kwargs)
+                       project_dir=train.out, kwargs_handlers=kwargs, cpu=cpu_ddp)
 
 
 def prepare_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
@@ -102,6 +106,12 @@ class Job:
     logger: RunLogger
 
 
+def freeze_stem_for(cfg: dict[str, Any]) -> bool:
+    """The stem is frozen to keep pretrained low-level filters; a random stem must learn."""
+    model = cfg["model"]
+    return cfg["optim"].freeze_stem and (model.pretrained or model.pretrained_path is not None)
+
+
 def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_accum: int) -> int:
     batches = max(1, manifest.num_samples("train") // (world * data.batch_size))
     steps = batches // grad_accum
@@ -131,7 +141,7 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         accelerator=accelerator, model=prepared_model, optimizer=prepared_opt,
         mixer=Mixer(optim_cfg.mixup_p, optim_cfg.mixup_alpha, optim_cfg.cutmix_p, optim_cfg.cutmix_alpha,
                     num_classes=num_classes),
-        freeze=FreezePlan(model, optim_cfg.freeze_stem, optim_cfg.unfreeze_epoch),
+        freeze=FreezePlan(model, freeze_stem_for(cfg), optim_cfg.unfreeze_epoch),
         heads=heads, num_classes=num_classes, smoothing=optim_cfg.label_smoothing,
         task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
         grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
@@ -140,6 +150,8 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     if train.report_to:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
     logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
+    logger.print(f"training {data.task} ({', '.join(heads)}) on {accelerator.device}, world size "
+                 f"{accelerator.num_processes}: {steps} steps/epoch, {total} steps, run dir {run_dir}")
     return Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
 
 

@@ -1,0 +1,108 @@
+"""Write small real WebDataset shards + manifest.json for the data tests.
+
+Independent of the shard builder on purpose: tests choose uneven shard sizes, skewed labels
+and deliberately corrupt samples.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from wikiart.manifest import Manifest, ShardInfo, SplitInfo, load_manifest, sha256_file
+
+CLASSES = {"artist": ["a0", "a1", "a2"], "genre": ["g0", "g1", "g2", "g3"],
+           "style": ["s0", "s1", "s2", "s3", "s4"]}
+LabelFn = Callable[[int, np.random.Generator], Mapping[str, int]]
+
+
+def jpeg_bytes(rng: np.random.Generator, size: tuple[int, int] = (48, 40), quality: int = 85) -> bytes:
+    """A random-coloured JPEG with a little noise, `size` = (w, h)."""
+    w, h = size
+    base = rng.integers(0, 256, size=3)
+    pixels = np.clip(base + rng.normal(0, 20, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def random_labels(index: int, rng: np.random.Generator) -> dict[str, int]:
+    """Uniform labels; every 10th sample has no artist (-1)."""
+    labels = {t: int(rng.integers(len(names))) for t, names in CLASSES.items()}
+    if index % 10 == 0:
+        labels["artist"] = -1
+    return labels
+
+
+def corrupt_member(kind: str, good_jpg: bytes, good_json: bytes) -> tuple[bytes, bytes]:
+    """(jpg, json) damaged as `kind`: 'jpeg' garbage, 'truncated' JPEG, 'json' garbage."""
+    if kind == "jpeg":
+        return b"this is not a jpeg" * 10, good_json
+    if kind == "truncated":
+        return good_jpg[: len(good_jpg) // 2], good_json
+    if kind == "json":
+        return good_jpg, b'{"key": "broken", "labels": '
+    raise ValueError(kind)
+
+
+def write_split(root: Path, split: str, shard_sizes: Sequence[int], *, seed: int = 0,
+                label_fn: LabelFn = random_labels, corrupt: Mapping[int, str] | None = None,
+                image_size: tuple[int, int] = (48, 40)) -> SplitInfo:
+    """Write `split-NNNNNN.tar` shards; `corrupt` maps a sample index within the split to a kind.
+
+    Keys are `{split}{index:05d}`; corrupt samples count in the shard sizes but not in the
+    class counts.
+    """
+    rng = np.random.default_rng(seed)
+    corrupt = corrupt or {}
+    info = SplitInfo(class_counts={t: [0] * len(names) for t, names in CLASSES.items()})
+    index = 0
+    for shard_no, size in enumerate(shard_sizes):
+        name = f"{split}-{shard_no:06d}.tar"
+        with wds.TarWriter(str(root / name), encoder=False) as sink:
+            for _ in range(size):
+                key = f"{split}{index:05d}"
+                labels = dict(label_fn(index, rng))
+                jpg = jpeg_bytes(rng, image_size)
+                meta = json.dumps({"key": key, "labels": labels, "source": "test",
+                                   "orig_size": list(image_size)}).encode()
+                if index in corrupt:
+                    jpg, meta = corrupt_member(corrupt[index], jpg, meta)
+                else:
+                    for t, v in labels.items():
+                        if v >= 0:
+                            info.class_counts[t][v] += 1
+                sink.write({"__key__": key, "jpg": jpg, "json": meta})
+                index += 1
+        path = root / name
+        info.shards.append(ShardInfo(name=name, num_samples=size, bytes=path.stat().st_size,
+                                     sha256=sha256_file(path)))
+    return info
+
+
+def make_shards(root: Path, splits: Mapping[str, Sequence[int]], *, seed: int = 0,
+                label_fn: LabelFn = random_labels, corrupt: Mapping[str, Mapping[int, str]] | None = None,
+                image_size: tuple[int, int] = (48, 40), classes: Mapping[str, list[str]] | None = None,
+                ) -> Manifest:
+    """Write shards for each split (shard sizes per split) and the manifest; return it loaded."""
+    root.mkdir(parents=True, exist_ok=True)
+    corrupt = corrupt or {}
+    infos = {split: write_split(root, split, sizes, seed=seed + i, label_fn=label_fn,
+                                corrupt=corrupt.get(split), image_size=image_size)
+             for i, (split, sizes) in enumerate(splits.items())}
+    names = dict(classes or CLASSES)
+    for info in infos.values():
+        info.class_counts = {t: c for t, c in info.class_counts.items() if t in names}
+    Manifest(classes=names, splits=infos, source={"name": "test"}).save(root)
+    return load_manifest(root)
+
+
+def split_keys(manifest: Manifest, split: str) -> list[str]:
+    """All keys of a split, in shard order (as `write_split` names them)."""
+    return [f"{split}{i:05d}" for i in range(manifest.num_samples(split))]

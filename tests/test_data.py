@@ -1,0 +1,270 @@
+"""Data streams on real tar shards with real DataLoader worker processes.
+
+Ranks are simulated by building the loader of rank 0 and rank 1 of world size 2 in one process.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from shard_helpers import CLASSES, make_shards, split_keys
+from wikiart.config import DataConfig
+from wikiart.data import balance_task_for, build_eval_data, build_train_data
+from wikiart.data_stream import Sample, balance_weights, balanced
+from wikiart.manifest import ManifestError, load_manifest
+
+# 3 workers on a 2-core machine is deliberate here.
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+UNEVEN = [5, 50, 7, 90]  # 152 samples
+
+
+def index_labels(index: int, rng: np.random.Generator) -> dict[str, int]:
+    """Labels that can be recomputed from the key: checks labels travel with their image."""
+    return {"artist": -1 if index % 10 == 0 else index % 3, "genre": index % 4, "style": index % 5}
+
+
+def expected_labels(key: str) -> dict[str, int]:
+    return index_labels(int(key[-5:]), np.random.default_rng())
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("uneven"), {"train": UNEVEN, "val": UNEVEN},
+                       label_fn=index_labels)
+
+
+def config(**kw) -> DataConfig:
+    base = dict(task="genre", image_size=32, batch_size=8, workers=0, shuffle_buffer=40)
+    return DataConfig(**{**base, **kw})
+
+
+def train_epoch(manifest, cfg, rank=0, world=2, epoch=0, seed=0, skip=0):
+    info = build_train_data(manifest, cfg, rank=rank, world_size=world, epoch=epoch, seed=seed,
+                            skip_batches=skip)
+    return info, list(info.loader)
+
+
+def keys_of(batches) -> list[str]:
+    return [k for b in batches for k in b["key"]]
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_every_rank_yields_the_same_number_of_full_batches(uneven, workers):
+    cfg = config(workers=workers)
+    expected = 152 // (2 * 8)
+    all_keys = []
+    for rank in (0, 1):
+        info, batches = train_epoch(uneven, cfg, rank=rank)
+        assert info.num_batches == expected and len(info.loader) == expected
+        assert len(batches) == expected  # not `workers` times too many, never short
+        assert all(len(b["key"]) == 8 and b["image"].shape[0] == 8 for b in batches)
+        all_keys += keys_of(batches)
+    # Split by rank and worker: one epoch without balancing shows a sample at most once.
+    assert len(all_keys) == len(set(all_keys)) == info.num_samples == expected * 16
+
+
+def test_train_batch_format(uneven):
+    info, batches = train_epoch(uneven, config())
+    batch = batches[0]
+    assert batch["image"].dtype == torch.float32 and batch["image"].shape == (8, 3, 32, 32)
+    assert set(batch["labels"]) == set(CLASSES)  # every task of the manifest, not only genre
+    missing_artist = 0
+    for b in batches:
+        for i, key in enumerate(b["key"]):
+            want = expected_labels(key)
+            for task, tensor in b["labels"].items():
+                assert tensor.dtype == torch.long and int(tensor[i]) == want[task], (key, task)
+            missing_artist += want["artist"] == -1
+    assert missing_artist > 0  # -1 travels through
+    assert info.corrupt.count == 0
+
+
+@pytest.mark.parametrize("world,workers,sizes", [(2, 2, UNEVEN), (2, 2, [37]), (3, 0, UNEVEN)])
+def test_eval_scores_every_sample_exactly_once(tmp_path, world, workers, sizes):
+    manifest = make_shards(tmp_path, {"train": [16], "val": sizes}, label_fn=index_labels)
+    cfg = config(workers=workers, eval_batch_size=6)
+    keys = []
+    for rank in range(world):
+        info = build_eval_data(manifest, "val", cfg, rank=rank, world_size=world)
+        batches = list(info.loader)
+        assert len(batches) == info.num_batches
+        assert all(1 <= len(b["key"]) <= 6 and b["image"].shape[1:] == (3, 32, 32) for b in batches)
+        for b in batches:
+            assert [int(g) for g in b["labels"]["genre"]] == [expected_labels(k)["genre"] for k in b["key"]]
+        keys += keys_of(batches)
+    assert info.num_samples == sum(sizes)
+    assert len(keys) == len(set(keys)) and sorted(keys) == split_keys(manifest, "val")
+
+
+def test_eval_images_are_deterministic(uneven):
+    cfg = config(workers=2)
+    first = list(build_eval_data(uneven, "val", cfg, rank=1, world_size=2).loader)
+    second = list(build_eval_data(uneven, "val", cfg, rank=1, world_size=2).loader)
+    assert keys_of(first) == keys_of(second)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, second))
+
+
+def test_epochs_reshuffle_and_repeat_exactly(uneven):
+    cfg = config(workers=2)
+    rng_before = torch.random.get_rng_state()
+    _, epoch0 = train_epoch(uneven, cfg, epoch=0)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # the trainer's RNG is untouched
+    _, again = train_epoch(uneven, cfg, epoch=0)
+    _, epoch1 = train_epoch(uneven, cfg, epoch=1)
+    _, other_seed = train_epoch(uneven, cfg, epoch=0, seed=1)
+    assert keys_of(epoch0) == keys_of(again)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(epoch0, again))
+    assert keys_of(epoch0) != keys_of(epoch1)
+    assert keys_of(epoch0) != keys_of(other_seed)
+    # Same keys in another order is not enough: the shard-to-rank assignment moves too.
+    assert set(keys_of(epoch0)) != set(keys_of(epoch1))
+
+
+@pytest.mark.parametrize("workers,skip", [(0, 5), (2, 3), (3, 4)])
+def test_skip_batches_gives_the_rest_of_the_same_epoch(uneven, workers, skip):
+    cfg = config(workers=workers, balance="inverse")  # balancing draws must also line up
+    _, full = train_epoch(uneven, cfg, rank=1, epoch=2, seed=7)
+    info, rest = train_epoch(uneven, cfg, rank=1, epoch=2, seed=7, skip=skip)
+    assert len(info.loader) == len(rest) == len(full) - skip
+    assert keys_of(rest) == keys_of(full[skip:])
+    for a, b in zip(rest, full[skip:]):
+        assert torch.equal(a["image"], b["image"])  # same augmentations, not only same samples
+        assert all(torch.equal(a["labels"][t], b["labels"][t]) for t in a["labels"])
+
+
+def test_skip_past_the_end_yields_nothing(uneven):
+    info, rest = train_epoch(uneven, config(workers=2), skip=50)
+    assert rest == [] and len(info.loader) == 0
+
+
+SKEWED_COUNTS = [240, 120, 80, 40]  # genre
+# Classes mixed over the shards, as the shard builder's shuffled records give.
+SKEWED_GENRE = np.random.default_rng(5).permutation(np.repeat(np.arange(4), SKEWED_COUNTS))
+
+
+def skewed_labels(index: int, rng: np.random.Generator) -> dict[str, int]:
+    return {"artist": 0, "genre": int(SKEWED_GENRE[index]), "style": 0}
+
+
+@pytest.fixture(scope="module")
+def skewed(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("skewed"), {"train": [100, 130, 90, 160], "val": [8]},
+                       label_fn=skewed_labels, image_size=(36, 36))
+
+
+@pytest.mark.parametrize("mode,power", [("inverse", 1.0), ("sqrt", 0.5), ("none", 0.0)])
+def test_balanced_epoch_matches_target_histogram(skewed, mode, power):
+    assert skewed.class_counts("train", "genre") == SKEWED_COUNTS
+    cfg = config(batch_size=16, balance=mode, shuffle_buffer=200)
+    histogram = collections.Counter()
+    for rank in (0, 1):
+        info, batches = train_epoch(skewed, cfg, rank=rank, epoch=3)
+        assert len(batches) == info.num_batches == 15  # balancing keeps the epoch length
+        histogram.update(int(g) for b in batches for g in b["labels"]["genre"])
+    target = np.asarray(SKEWED_COUNTS, dtype=float) ** (1 - power)
+    target /= target.sum()
+    observed = np.asarray([histogram[c] for c in range(4)]) / sum(histogram.values())
+    np.testing.assert_allclose(observed, target, atol=0.045)
+
+
+def test_balance_weights_and_repeat_drop():
+    counts = [300, 100, 0, 50]
+    for mode in ("inverse", "sqrt"):
+        w = balance_weights(counts, mode)
+        assert np.isclose(np.dot(counts, w), sum(counts))  # stream length unchanged
+        assert w[2] == 0
+    inverse = balance_weights(counts, "inverse")
+    assert np.allclose(np.asarray(counts)[[0, 1, 3]] * inverse[[0, 1, 3]], 150)  # uniform
+    weights = np.asarray([0.25, 2.5])
+    samples = [Sample(f"k{i}", b"", {"style": i % 3 - 1}) for i in range(3000)]  # -1, 0, 1
+    out = collections.Counter(s.key for s in balanced(samples, "style", weights, np.random.default_rng(0)))
+    by_label = {lab: [out[s.key] for s in samples if s.labels["style"] == lab] for lab in (-1, 0, 1)}
+    assert set(by_label[-1]) == {1}  # missing label: weight 1
+    assert set(by_label[1]) == {2, 3} and abs(np.mean(by_label[1]) - 2.5) < 0.08
+    assert set(by_label[0]) == {0, 1} and abs(np.mean(by_label[0]) - 0.25) < 0.05
+
+
+def test_balance_task_defaults_to_style_for_combined():
+    assert balance_task_for(DataConfig(task="combined")) == "style"
+    assert balance_task_for(DataConfig(task="genre")) == "genre"
+    assert balance_task_for(DataConfig(task="combined", balance_task="artist")) == "artist"
+
+
+CORRUPT = {3: "jpeg", 17: "truncated", 25: "json"}
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
+    manifest = make_shards(tmp_path, {"train": [20, 20], "val": [20, 20]},
+                           corrupt={"train": CORRUPT, "val": CORRUPT})
+    bad = {f"val{i:05d}" for i in CORRUPT}
+    info = build_eval_data(manifest, "val", config(workers=2), rank=0, world_size=1)
+    keys = keys_of(info.loader)
+    assert sorted(keys) == sorted(set(split_keys(manifest, "val")) - bad)
+    assert info.corrupt.count == 3  # counted across worker processes
+    with caplog.at_level(logging.WARNING, logger="wikiart.data"):
+        info, batches = train_epoch(manifest, config(), world=1)
+    assert len(batches) == info.num_batches == 5 and all(len(b["key"]) == 8 for b in batches)
+    assert not {f"train{i:05d}" for i in CORRUPT} & set(keys_of(batches))
+    assert info.corrupt.count >= 3
+    assert "train00003" in caplog.text and "train00025" in caplog.text
+
+
+@pytest.mark.parametrize("extra", [0, 700])  # cut between members / inside a member
+def test_damaged_tar_keeps_the_samples_before_the_damage(tmp_path, extra):
+    manifest = make_shards(tmp_path, {"train": [16], "val": [12, 12]})
+    path = manifest.shard_paths("val")[1]
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) // 2 + extra)
+    info = build_eval_data(manifest, "val", config(), rank=0, world_size=1)
+    keys = keys_of(info.loader)
+    assert keys == split_keys(manifest, "val")[:len(keys)] and 12 < len(keys) < 24
+    assert info.corrupt.count == 24 - len(keys)  # lost samples are counted, no crash
+
+
+def test_missing_shard_file_is_named(tmp_path):
+    manifest = make_shards(tmp_path, {"train": [8, 8], "val": [8]})
+    os.remove(manifest.shard_paths("train")[1])
+    with pytest.raises(FileNotFoundError, match="train-000001.tar"):
+        build_train_data(manifest, config(), rank=0, world_size=1, epoch=0, seed=0)
+
+
+def test_task_missing_from_manifest_is_a_manifest_error(tmp_path):
+    classes = {t: CLASSES[t] for t in ("artist", "genre")}
+    manifest = make_shards(tmp_path, {"train": [8], "val": [8]}, classes=classes)
+    for task in ("style", "combined"):
+        with pytest.raises(ManifestError, match="style"):
+            build_train_data(manifest, config(task=task), rank=0, world_size=1, epoch=0, seed=0)
+        with pytest.raises(ManifestError, match="style"):
+            build_eval_data(manifest, "val", config(task=task), rank=0, world_size=1)
+    with pytest.raises(ValueError, match="rank 2"):
+        build_eval_data(manifest, "val", config(), rank=2, world_size=2)
+
+
+def test_small_world_gets_at_least_one_batch(tmp_path):
+    manifest = make_shards(tmp_path, {"train": [3, 2], "val": [2]})
+    cfg = dataclasses.replace(config(workers=2), batch_size=4)
+    for rank in (0, 1):
+        info, batches = train_epoch(manifest, cfg, rank=rank)
+        assert info.num_batches == len(batches) == 1 and len(batches[0]["key"]) == 4
+
+
+def test_shards_from_the_shard_builder(synthetic_shards):
+    """The contract end to end: the real builder's shards load, exactly once, full batches."""
+    manifest = load_manifest(synthetic_shards)
+    cfg = config(task="combined", workers=2, balance="inverse", batch_size=16)
+    keys = []
+    for rank in (0, 1):
+        info = build_eval_data(manifest, "val", cfg, rank=rank, world_size=2)
+        keys += keys_of(info.loader)
+        assert info.corrupt.count == 0
+        info, batches = train_epoch(manifest, cfg, rank=rank)
+        assert len(batches) == info.num_batches and all(len(b["key"]) == 16 for b in batches)
+        assert set(batches[0]["labels"]) == set(manifest.tasks)
+    assert len(keys) == len(set(keys)) == manifest.num_samples("val")

@@ -1,0 +1,143 @@
+"""Optimizer groups, the lr schedule by hand, freezing without touching requires_grad, EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from wikiart.config import OptimConfig
+from wikiart.losses import hard_targets, multitask_loss
+from wikiart.model import CNNRNNClassifier
+from wikiart.optim import FreezePlan, ModelEMA, apply_lr, build_optimizer, lr_at, lr_factor
+
+
+def tiny_model() -> CNNRNNClassifier:
+    torch.manual_seed(0)
+    return CNNRNNClassifier("resnet18", num_classes={"genre": 3}, proj_dim=8, rnn_hidden=4, rnn_layers=1,
+                            image_size=32)
+
+
+def test_schedule_by_hand():
+    # warmup 10 steps, cosine over the next 100
+    assert lr_factor(0, 110, 10, 0.0) == pytest.approx(0.1)
+    assert lr_factor(4, 110, 10, 0.0) == pytest.approx(0.5)
+    assert lr_factor(9, 110, 10, 0.0) == pytest.approx(1.0)
+    assert lr_factor(10, 110, 10, 0.0) == pytest.approx(1.0)
+    assert lr_factor(35, 110, 10, 0.0) == pytest.approx(0.5 * (1 + math.sqrt(0.5)))  # quarter way
+    assert lr_factor(60, 110, 10, 0.0) == pytest.approx(0.5)                         # half way
+    assert lr_factor(110, 110, 10, 0.0) == pytest.approx(0.0)
+    assert lr_factor(500, 110, 10, 0.0) == pytest.approx(0.0)
+    assert lr_factor(0, 100, 0, 0.0) == pytest.approx(1.0)  # no warmup: full lr on the first step
+    assert lr_at(60, 1e-3, 110, 10, 1e-5) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert lr_at(110, 1e-3, 110, 10, 1e-5) == pytest.approx(1e-5)
+    assert lr_at(4, 1e-3, 110, 10, 1e-5) == pytest.approx(5e-4)
+
+
+def test_optimizer_groups_and_apply_lr():
+    model = tiny_model()
+    cfg = OptimConfig(lr=8e-4, backbone_lr=1.5e-4, weight_decay=0.05, eta_min=1e-6)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"new", "new_no_decay", "backbone", "backbone_no_decay"}
+    backbone = {id(p) for n in ("backbone", "backbone_no_decay") for p in groups[n]["params"]}
+    assert backbone == {id(p) for p in model.backbone_parameters()}
+    assert groups["backbone"]["base_lr"] == 1.5e-4 and groups["new"]["base_lr"] == 8e-4
+    assert groups["new"]["weight_decay"] == 0.05 and groups["new_no_decay"]["weight_decay"] == 0.0
+    assert id(model.backbone.bn1.weight) in {id(p) for p in groups["backbone_no_decay"]["params"]}
+    lrs = apply_lr(opt, 60, 110, 10, cfg.eta_min)
+    for group, lr in zip(opt.param_groups, lrs):
+        assert group["lr"] == lr == pytest.approx(lr_at(60, group["base_lr"], 110, 10, 1e-6))
+    assert groups["new"]["lr"] == pytest.approx(1e-6 + (8e-4 - 1e-6) / 2)
+
+
+def test_freeze_plan_phases():
+    model = tiny_model()
+    backbone = {id(p) for p in model.backbone_parameters()}
+    stem = {id(p) for p in model.stem_parameters()}
+    plan = FreezePlan(model, freeze_stem=True, unfreeze_epoch=2)
+    assert [plan.phase(e) for e in range(4)] == [0, 0, 1, 1]
+    assert {id(p) for p in plan.frozen_parameters(1)} == backbone
+    assert {id(p) for p in plan.frozen_parameters(2)} == stem
+    assert FreezePlan(model, freeze_stem=False, unfreeze_epoch=2).frozen_parameters(5) == []
+    never = FreezePlan(model, freeze_stem=True, unfreeze_epoch=None)
+    assert never.phase(0) == 1 and {id(p) for p in never.frozen_parameters(0)} == stem
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _train(model, opt, plan, epoch, steps=3):
+    model.train()
+    plan.apply_bn_mode(model, epoch)
+    g = torch.Generator().manual_seed(epoch)
+    for _ in range(steps):
+        x = torch.randn(4, 3, 32, 32, generator=g)
+        targets = hard_targets({"genre": torch.tensor([0, 1, 2, 0])}, {"genre": 3})
+        loss, _ = multitask_loss(model(x), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plan.zero_frozen_grads(model.parameters(), epoch)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+
+def _changed(before, after, prefix):
+    return {k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])}
+
+
+def test_frozen_parameters_do_not_move_until_unfrozen():
+    model = tiny_model()
+    # a large weight decay: a zero (rather than None) gradient would still shrink the weights
+    opt = build_optimizer(model, OptimConfig(lr=1e-2, backbone_lr=1e-2, weight_decay=0.5))
+    plan = FreezePlan(model, freeze_stem=True, unfreeze_epoch=1)
+    start = _snapshot(model)
+    _train(model, opt, plan, epoch=0)
+    phase0 = _snapshot(model)
+    assert not _changed(start, phase0, "backbone.")  # weights and BN running stats
+    assert {"heads.genre.weight", "proj.0.weight", "row_rnn.weight_ih_l0", "proj.1.running_mean"} \
+        <= _changed(start, phase0, "")
+    assert not any(id(p) in opt.state for p in model.backbone_parameters())  # no AdamW moments either
+    assert all(p.requires_grad for p in model.parameters())  # DDP keeps syncing every parameter
+
+    _train(model, opt, plan, epoch=1)
+    phase1 = _snapshot(model)
+    assert {"backbone.layer4.1.conv2.weight", "backbone.layer1.0.bn1.running_mean"} \
+        <= _changed(phase0, phase1, "backbone.")
+    assert not _changed(phase0, phase1, "backbone.conv1.") and not _changed(phase0, phase1, "backbone.bn1.")
+
+
+def test_zero_frozen_grads_accepts_an_optimizer():
+    model = tiny_model()
+    opt = build_optimizer(model, OptimConfig())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    plan = FreezePlan(model, freeze_stem=True, unfreeze_epoch=None)
+    assert plan.zero_frozen_grads(opt, epoch=0) == 3  # conv1.weight, bn1.weight, bn1.bias
+    assert model.backbone.conv1.weight.grad is None and model.backbone.layer1[0].conv1.weight.grad is not None
+
+
+def test_ema_by_hand_and_swap():
+    model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    ema = ModelEMA(model, decay=0.75)
+    with torch.no_grad():
+        model[0].weight.fill_(5.0)
+    model[1].num_batches_tracked.fill_(7)
+    ema.update(model)
+    assert torch.allclose(ema.shadow["0.weight"], torch.full((1, 2), 0.75 * 1.0 + 0.25 * 5.0))
+    assert ema.shadow["1.num_batches_tracked"].item() == 7  # integer buffers are copied, not averaged
+    with ema.swapped_into(model):
+        assert torch.allclose(model[0].weight, torch.full((1, 2), 2.0))
+    assert torch.equal(model[0].weight, torch.full((1, 2), 5.0))
+
+    restored = ModelEMA(model, decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.decay == 0.75 and restored.num_updates == 1
+    restored.copy_to(model)
+    assert torch.allclose(model[0].weight, torch.full((1, 2), 2.0))

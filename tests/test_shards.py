@@ -1,0 +1,296 @@
+"""Shard builder: round trip, determinism, parts + merge, resume, verify, other readers, bad CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import ARTGAN_IMAGES, ARTGAN_VAL, write_artgan
+from wikiart.images import target_size
+from wikiart.manifest import load_manifest
+from wikiart.shards import BuildConfig, build_shards, main, merge_manifests, parse_build_config, plan_shards
+from wikiart.shards_io import STATE_DIR, iter_shard_samples, verify_shards
+from wikiart.sources import Record, SyntheticSource, make_key
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build(out: Path, *args: str):
+    return build_shards(parse_build_config(["--out", str(out), "--no-progress", *args]))
+
+
+def synthetic(out: Path, n: int = 60, *args: str):
+    return build(out, "--synthetic", str(n), "--synthetic-max-side", "48", "--short-side", "32",
+                 "--min-shards", "4", "--min-val-shards", "2", "--val-frac", "0.2", "--workers", "0", *args)
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.tar"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip
+# ---------------------------------------------------------------------------------------------
+def test_synthetic_round_trip_keys_labels_images(synthetic_shards):
+    import webdataset as wds
+
+    manifest = load_manifest(synthetic_shards)
+    assert len(manifest.splits["train"].shards) >= 8 and len(manifest.splits["val"].shards) >= 4
+    expected = {r.key: r for r in SyntheticSource(500, seed=0, max_side=96, val_frac=0.2).index()}
+    seen = {}
+    for split in ("train", "val"):
+        dataset = wds.WebDataset(manifest.shard_paths(split), shardshuffle=False, empty_check=False)
+        for sample in dataset:
+            meta = json.loads(sample["json"])
+            rec = expected[sample["__key__"]]
+            assert meta["labels"] == rec.labels and rec.split == split == meta["split"]
+            img = Image.open(io.BytesIO(sample["jpg"]))
+            assert img.mode == "RGB" and img.size == target_size(tuple(meta["orig_size"]), 64, 192)
+            seen[sample["__key__"]] = meta["labels"]
+    assert seen.keys() == expected.keys()
+    for split in ("train", "val"):
+        counts = Counter(lab["genre"] for k, lab in seen.items() if expected[k].split == split)
+        assert manifest.class_counts(split, "genre") == [counts[i] for i in range(6)]
+        assert manifest.num_samples(split) == sum(1 for r in expected.values() if r.split == split)
+
+
+def test_train_shards_mix_classes(synthetic_shards):
+    manifest = load_manifest(synthetic_shards)
+    for path in manifest.shard_paths("train"):
+        genres = {meta["labels"]["genre"] for _, _, meta in iter_shard_samples([path])}
+        assert len(genres - {-1}) >= 4, f"{path} holds too few genres: shuffled before writing?"
+
+
+def test_plan_respects_shard_size_min_shards_and_seed():
+    records = [Record(key=make_key(f"p{i}"), labels={"genre": i % 3}, split="train" if i % 10 else "val",
+                      source=f"p{i}", pos=i) for i in range(2500)]
+    cfg = BuildConfig(out="x", shard_size=1000, min_shards=8, min_val_shards=4)
+    plans = plan_shards(records, cfg)
+    sizes = [len(p.records) for p in plans if p.split == "train"]
+    assert len(sizes) == 8 and max(sizes) - min(sizes) <= 1 and sum(sizes) == 2250
+    assert sorted(len(p.records) for p in plans if p.split == "val") == [62, 62, 63, 63]
+    assert len([p for p in plan_shards(records, BuildConfig(out="x", shard_size=100)) if p.split == "train"]) == 23
+    tiny_mb = BuildConfig(out="x", short_side=448, shard_mb=10.0)   # ~98 kB per image -> ~100 per shard
+    assert len([p for p in plan_shards(records, tiny_mb) if p.split == "train"]) == 23
+    again = plan_shards(list(reversed(records)), cfg)
+    assert [[r.key for r in p.records] for p in plans] == [[r.key for r in p.records] for p in again]
+    other = plan_shards(records, BuildConfig(out="x", seed=1))
+    assert [r.key for r in other[0].records] != [r.key for r in plans[0].records]
+    assert len(plan_shards(records[:5], cfg)) == 5   # min shards only where the count allows
+
+
+def test_artgan_build_end_to_end(artgan, tmp_path):
+    images, csvs = artgan
+    manifest = build(tmp_path / "out", "--images-root", str(images), "--csv-dir", str(csvs),
+                     "--short-side", "16", "--workers", "0")
+    assert manifest.moved_to_val == 3 and manifest.source["moved_by_task"] == {"artist": 1, "genre": 1, "style": 1}
+    val = {meta["source"]: meta for _, _, meta in iter_shard_samples(manifest.shard_paths("val"))}
+    assert set(val) == {ARTGAN_IMAGES[k] for k in ARTGAN_VAL}
+    assert val[ARTGAN_IMAGES["B"]]["labels"] == {"artist": 4, "genre": 4, "style": 12}
+    train = [meta for _, jpg, meta in iter_shard_samples(manifest.shard_paths("train"))]
+    assert len(train) == 5 and all(meta["size"] == [21, 16] and meta["orig_size"] == [40, 30] for meta in train)
+    assert manifest.class_counts("train", "style")[20] == 1 and manifest.class_counts("val", "style")[20] == 1
+    assert verify_shards(tmp_path / "out") == []
+
+
+def test_short_side_zero_keeps_original_jpeg_bytes(artgan, tmp_path):
+    images, csvs = artgan
+    manifest = build(tmp_path / "out", "--images-root", str(images), "--csv-dir", str(csvs),
+                     "--short-side", "0", "--workers", "0")
+    for _, jpg, meta in iter_shard_samples(manifest.shard_paths("train")):
+        assert jpg == (images / meta["source"]).read_bytes()
+
+
+def test_hf_parquet_build_matches_save_to_disk_build(tmp_path):
+    from test_sources import hf_dataset
+
+    ds = hf_dataset(40)
+    ds.save_to_disk(str(tmp_path / "disk"))
+    ds.to_parquet(str(tmp_path / "data.parquet"))
+    common = ["--short-side", "16", "--workers", "0", "--val-frac", "0.25", "--min-shards", "3", "--min-val-shards", "2"]
+    disk = build(tmp_path / "a", "--hf-dataset", str(tmp_path / "disk"), *common)
+    stream = build(tmp_path / "b", "--hf-dataset", str(tmp_path / "data.parquet"), *common)
+    assert disk.classes == stream.classes and disk.classes["artist"] == ["claude-monet", "rembrandt"]
+    for split in ("train", "val"):
+        for a, b in zip(disk.shard_paths(split), stream.shard_paths(split)):
+            keys_a = {k: meta["labels"] for k, _, meta in iter_shard_samples([a])}
+            keys_b = [(k, meta["labels"]) for k, _, meta in iter_shard_samples([b])]
+            assert dict(keys_b) == keys_a
+            assert [k for k, _ in keys_b] == sorted(k for k, _ in keys_b)   # streamed: source order
+    assert disk.num_samples("val") == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism, parts, resume, verify
+# ---------------------------------------------------------------------------------------------
+def test_build_is_byte_identical_across_worker_counts(tmp_path):
+    one = synthetic(tmp_path / "w0")
+    two = synthetic(tmp_path / "w2", 60, "--workers", "2")
+    assert files(tmp_path / "w0") == files(tmp_path / "w2")
+    assert one.to_json() == two.to_json()
+
+
+def test_parts_plus_merge_equal_single_build(tmp_path):
+    single = synthetic(tmp_path / "single")
+    out = tmp_path / "parts"
+    for part in (0, 2):
+        assert synthetic(out, 60, "--num-parts", "3", "--part", str(part)) is None
+    with pytest.raises(ValueError, match=r"parts \[1\] of 3 have not finished"):
+        merge_manifests(out)
+    assert not (out / "manifest.json").exists()
+    synthetic(out, 60, "--num-parts", "3", "--part", "1")
+    assert main(["--out", str(out), "--merge-manifests"]) == 0
+    assert files(out) == files(tmp_path / "single")
+    assert json.loads((out / "manifest.json").read_text()) == single.to_json()
+
+
+def test_rerun_reuses_finished_shards_and_replaces_broken_ones(tmp_path, capsys):
+    out = tmp_path / "out"
+    synthetic(out)
+    original = files(out)
+    names = sorted(original)
+    (out / "manifest.json").unlink()
+    (out / names[0]).unlink()                                   # lost shard
+    damaged = bytearray(original[names[1]])
+    damaged[600] ^= 0xFF
+    (out / names[1]).write_bytes(bytes(damaged))                # same size, wrong bytes
+    (out / (names[2] + ".tmp")).write_bytes(b"half a shard")    # a crashed writer's leftover
+    (out / STATE_DIR / f"{names[3]}.json").unlink()             # crashed after rename, before recording
+    capsys.readouterr()
+    synthetic(out)
+    assert f"{len(names) - 3} reused" in capsys.readouterr().out
+    assert files(out) == original
+    assert not list(out.glob("*.tmp")) and verify_shards(out) == []
+
+
+def test_different_build_in_same_out_needs_overwrite(tmp_path):
+    out = tmp_path / "out"
+    synthetic(out, 60)
+    with pytest.raises(ValueError, match="different build .* --overwrite"):
+        synthetic(out, 40)
+    manifest = synthetic(out, 40, "--overwrite", "--min-shards", "2")
+    assert set(files(out)) == {s.name for split in manifest.splits.values() for s in split.shards}
+    assert manifest.num_samples("train") + manifest.num_samples("val") == 40
+
+
+def test_verify_names_every_broken_shard(tmp_path, capsys):
+    out = tmp_path / "out"
+    synthetic(out)
+    names = sorted(files(out))
+    (out / names[0]).unlink()
+    data = bytearray((out / names[1]).read_bytes())
+    data[700] ^= 0xFF
+    (out / names[1]).write_bytes(bytes(data))
+    assert main(["--verify", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{names[0]}: missing" in err and f"{names[1]}: sha256 differs" in err
+    assert main(["--verify", str(tmp_path / "nowhere")]) == 1
+
+
+@pytest.mark.slow
+def test_killed_build_resumes_to_the_same_result(tmp_path):
+    out, clean = tmp_path / "killed", tmp_path / "clean"
+    args = ["--synthetic", "400", "--synthetic-max-side", "400", "--short-side", "64", "--workers", "0",
+            "--no-progress", "--min-shards", "16"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "wikiart.shards", "--out", str(out), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list((out / STATE_DIR).glob("*.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    at_kill = files(out)   # whatever carries a final name must be complete
+    done = {p.name[:-5] for p in (out / STATE_DIR).glob("*.json")}
+    assert 3 <= len(done) < 19
+    assert subprocess.run([sys.executable, "-m", "wikiart.shards", "--out", str(out), *args], env=env,
+                          capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "wikiart.shards", "--out", str(clean), *args], env=env,
+                          capture_output=True).returncode == 0
+    assert files(out) == files(clean)
+    assert at_kill and all(files(clean)[name] == data for name, data in at_kill.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Other readers
+# ---------------------------------------------------------------------------------------------
+def test_datasets_library_reads_the_shards(synthetic_shards, tmp_path):
+    import datasets
+
+    manifest = load_manifest(synthetic_shards)
+    loaded = datasets.load_dataset("webdataset", data_files={"val": manifest.shard_paths("val")}, split="val",
+                                   cache_dir=str(tmp_path / "cache"))
+    assert loaded.num_rows == manifest.num_samples("val")
+    row = loaded[0]
+    assert row["jpg"].mode == "RGB" and set(row["json"]["labels"]) == {"artist", "genre", "style"}
+    genres = Counter(r["labels"]["genre"] for r in loaded["json"])
+    assert [genres[i] for i in range(6)] == manifest.class_counts("val", "genre")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad command lines
+# ---------------------------------------------------------------------------------------------
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    images, csvs = write_artgan(tmp_path / "data")
+    bad_label = tmp_path / "bad_label"
+    bad_label.mkdir()
+    (bad_label / "style_train.csv").write_text(f"{ARTGAN_IMAGES['A']},27\n")
+    empty = tmp_path / "empty_csv"
+    empty.mkdir()
+    (empty / "genre_train.csv").write_text("")
+    return {
+        "no source": ([], "give exactly one source"),
+        "missing root": (["--images-root", str(tmp_path / "nope"), "--csv-dir", str(csvs)], "--images-root"),
+        "unknown task": (["--synthetic", "10", "--tasks", "colour"], "--tasks: unknown task"),
+        "label range": (["--images-root", str(images), "--csv-dir", str(bad_label)], "style_train.csv:1"),
+        "empty csv": (["--images-root", str(images), "--csv-dir", str(empty)], "genre_train.csv: no rows"),
+        "bad part": (["--synthetic", "10", "--num-parts", "2", "--part", "2"], "--part"),
+        "two sources": (["--synthetic", "10", "--hf-dataset", "x"], "exactly one source"),
+    }
+
+
+def test_bad_cli_inputs_exit_nonzero_with_one_line_and_write_nothing(tmp_path, capsys):
+    for name, (args, message) in _bad_inputs(tmp_path).items():
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        assert main(["--out", str(out), "--no-progress", *args]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (name, err)
+        assert not out.exists(), name
+
+
+def test_help_and_progress_bar(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_build_config(["--help"])
+    assert exit_info.value.code == 0 and "--num-parts" in capsys.readouterr().out
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    build_shards(parse_build_config(["--out", str(tmp_path / "out"), "--synthetic", "30", "--synthetic-max-side",
+                                     "32", "--short-side", "16", "--workers", "0", "--progress"]))
+    assert "img/s" in terminal.getvalue() and "skipped 0" in terminal.getvalue()
+
+
+def test_cli_entry_point(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "out"
+    ok = subprocess.run([sys.executable, "-m", "wikiart.shards", "--out", str(out), "--synthetic", "20",
+                         "--synthetic-max-side", "32", "--short-side", "16", "--workers", "0", "--verify"],
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert f"verify {out}: OK" in ok.stdout and (out / "manifest.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "wikiart.shards", "--out", str(tmp_path / "x"), "--short-side", "-1",
+                          "--synthetic", "5"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--short-side" in bad.stderr and not (tmp_path / "x").exists()

@@ -1,0 +1,111 @@
+"""End-to-end training through the real command line: 1 process, 2 DDP ranks, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wikiart import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
+        "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
+        "--balance", "none"]
+
+
+def run_train(args: list[str], *, ranks: int = 1, check: bool = True, timeout: int = 600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if ranks == 1:
+        cmd = [sys.executable, str(ROOT / "train.py"), *args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_processes", str(ranks),
+               "--main_process_port", str(29600 + os.getpid() % 200), str(ROOT / "train.py"), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt.latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+def metrics_rows(run_dir: Path, kind: str) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+@pytest.mark.slow
+def test_single_process_run_writes_checkpoint_best_and_metrics(synthetic_shards, tmp_path):
+    out = tmp_path / "run"
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "combined",
+               "--epochs", "1", "--max-steps", "6", "--workers", "1", "--log-every", "2", *TINY])
+    state, _, _, extra = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
+    assert state.step == 6 and state.finished
+    assert set(extra["class_names"]) == {"artist", "genre", "style"}
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["class_names"]["genre"] == json.loads((synthetic_shards / "manifest.json").read_text())["classes"]["genre"]
+    val = metrics_rows(out, "val")[-1]
+    assert 0.0 <= val["joint_exact_match"] <= 1.0 and "style/top1" in val
+    assert [r["step"] for r in metrics_rows(out, "train")] == [2, 4, 6]
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["data"]["task"] == "combined" and resolved["train"]["max_steps"] == 6
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(synthetic_shards, tmp_path):
+    common = ["--shards", str(synthetic_shards), "--task", "genre", "--epochs", "2", "--workers", "2",
+              "--seed", "3", *TINY]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train([*common, "--out", str(straight)])
+    proc = run_train([*common, "--out", str(resumed), "--stop-at-step", "5"])
+    stopped = ckpt.load_checkpoint(ckpt.latest_checkpoint(resumed))[0]
+    assert stopped.step == 5 and not stopped.finished and stopped.batch_in_epoch > 0  # mid-epoch
+    assert "resume with --resume auto" in proc.stdout
+    proc = run_train([*common, "--out", str(resumed), "--resume", "auto"])
+    assert "resuming from" in proc.stdout and "step 5" in proc.stdout
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps = [r["step"] for r in metrics_rows(resumed, "train")]
+    assert len(steps) == len(set(steps)), "a step was trained twice"
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_run_trains_and_checkpoints(synthetic_shards, tmp_path):
+    out = tmp_path / "ddp"
+    proc = run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre",
+                      "--epochs", "1", "--workers", "1", *TINY], ranks=2)
+    assert "world size 2" in proc.stdout
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0]
+    manifest = json.loads((synthetic_shards / "manifest.json").read_text())
+    n_train = sum(s["num_samples"] for s in manifest["splits"]["train"]["shards"])
+    assert state.step == n_train // (2 * 8)  # each rank took its share of every step
+    assert (out / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--task", "genre"], "shards directory not found"),
+    (["--task", "genre", "--shards", "EMPTY"], "no manifest.json"),
+    (["--task", "genre", "--batch-size", "0"], "--batch-size"),
+    (["--task", "sculptor"], "--task"),
+])
+def test_bad_input_fails_with_a_clear_message(args, needle, tmp_path):
+    (tmp_path / "EMPTY").mkdir()
+    args = [str(tmp_path / a) if a == "EMPTY" else a for a in args]
+    if "--shards" not in args:
+        args += ["--shards", str(tmp_path / "missing")]
+    proc = run_train([*args, "--out", str(tmp_path / "out")], check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()

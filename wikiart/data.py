@@ -1,0 +1,268 @@
+"""Shards -> `DataInfo(loader, num_samples, num_batches)` for training and evaluation.
+
+Both streams treat the split as one sequence of samples (shards concatenated, the manifest's
+per-shard counts giving positions) and give each *reader* - one (rank, worker) pair, G =
+world_size x workers of them - a contiguous range of it. Node and worker splitting are one
+step, work is balanced to within one sample whatever the shard sizes, any shard count works
+(even fewer shards than readers), and a reader opens only the shards its range touches.
+
+Training: per epoch (and per pass over the data) the shard order is a permutation seeded by
+(seed, epoch); reader ranges are sized in proportion to the reader's quota of batches, so one
+pass gives each sample to one reader once. A reader balances classes by stochastic repeat/drop,
+takes exactly its quota (continuing into the next pass if balancing or corrupt samples leave it
+short), shuffles through a buffer and augments. Every rank thus yields exactly `num_batches`
+full batches (no DDP hang; the epoch is not `workers` times too long).
+
+Determinism: order, balancing draws and every augmentation are pure functions of (seed, epoch,
+rank, world_size, workers) - explicit generators, no global RNG - and the DataLoader returns
+worker batches round-robin in order. `skip_batches=k` drops the first k batches before
+decoding: worker w plays the role of worker (w + k) % W of the unskipped epoch, so the
+round-robin continues exactly where the unskipped epoch would have been.
+
+Evaluation: the same ranges without shuffling or repeats, so every sample is scored exactly once
+across ranks and workers; partial last batches are kept and batches carry keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .config import DataConfig
+from .data_stream import (CorruptCounter, CorruptSample, Sample, balance_weights, balanced, collate,
+                          decode_image, log, range_samples, sample_seed, seeds, shard_permutation,
+                          shuffled)
+from .labels import heads_for_task
+from .manifest import Manifest, ManifestError
+from .transforms import build_eval_transform, build_train_transform, make_generator
+
+
+@dataclasses.dataclass
+class DataInfo:
+    """A loader and its size. Train: `num_samples` = samples per epoch over all ranks,
+    `num_batches` = batches of this rank (equal on all ranks). Eval: `num_samples` = samples
+    of the split, `num_batches` = batches this rank yields. `corrupt` counts skipped samples."""
+    loader: DataLoader
+    num_samples: int
+    num_batches: int
+    corrupt: CorruptCounter | None = None
+
+
+@dataclasses.dataclass
+class _Shards:
+    paths: list[str]
+    sizes: list[int]
+    num_classes: dict[str, int]  # every task of the manifest: batches carry all labels
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _worker_batches(num_batches: int, workers: int, role: int) -> int:
+    return num_batches // workers + int(role < num_batches % workers)
+
+
+def _decode(sample: Sample, min_side: int, counter: CorruptCounter):
+    """Decode (reduced-size JPEG draft); None, logged and counted, if the pixels are bad."""
+    try:
+        return decode_image(sample.image, min_side)
+    except CorruptSample as exc:
+        counter.add()
+        log.warning("skipping corrupt sample %s: %s", sample.key, exc)
+        return None
+
+
+class TrainStream(IterableDataset):
+    """Fixed-length, deterministic, balanced training batches of one rank."""
+
+    def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
+                 seed: int, num_batches: int, skip_batches: int, weights: np.ndarray | None,
+                 balance_task: str, counter: CorruptCounter):
+        self.shards, self.cfg = shards, cfg
+        self.rank, self.world_size, self.epoch, self.seed = rank, world_size, epoch, seed
+        self.num_batches, self.skip_batches = num_batches, skip_batches
+        self.weights, self.balance_task, self.counter = weights, balance_task, counter
+        self.transform = build_train_transform(cfg)
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches - self.skip_batches)
+
+    def reader_range(self, reader: int, workers: int) -> tuple[int, int]:
+        """[start, end) of a pass read by `reader`, proportional to its quota of batches."""
+        quota = [_worker_batches(self.num_batches, workers, g % workers)
+                 for g in range(self.world_size * workers)]
+        before, total = sum(quota[:reader]), sum(quota)
+        n = self.shards.total
+        start, end = n * before // total, n * (before + quota[reader]) // total
+        # Fewer samples than ranks (tiny test sets): never an empty range.
+        return (start, end) if end > start else (min(start, n - 1), min(start, n - 1) + 1)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = _worker()
+        role = (worker + self.skip_batches) % workers  # see module docstring
+        my_batches = _worker_batches(self.num_batches, workers, role)
+        my_skip = max(0, -(-(self.skip_batches - role) // workers))  # ceil((k - role) / W)
+        if my_skip >= my_batches:
+            return
+        reader, readers = self.rank * workers + role, self.world_size * workers
+        bs = self.cfg.batch_size
+        rng = np.random.default_rng(seeds(self.seed, self.epoch, reader, readers, 1))
+        stream = balanced(self._passes(*self.reader_range(reader, workers)), self.balance_task,
+                          self.weights, rng)
+        quota = itertools.islice(stream, my_batches * bs)
+        shuffle_rng = np.random.default_rng(seeds(self.seed, self.epoch, reader, readers, 2))
+        # After the quota the same stream continues, only to replace samples that fail to decode.
+        samples = itertools.chain(shuffled(quota, self.cfg.shuffle_buffer, shuffle_rng), stream)
+        # Whole batches are skipped before decoding, so resuming mid-epoch is cheap.
+        samples = itertools.islice(enumerate(samples), my_skip * bs, None)
+        yield from itertools.islice(self._batches(samples, reader, readers), my_batches - my_skip)
+
+    def _passes(self, start: int, end: int) -> Iterator[Sample]:
+        """This reader's range of pass 0, then of pass 1, ... (each pass a new shard order)."""
+        sh = self.shards
+        for pass_index in itertools.count():
+            order = shard_permutation(len(sh.paths), self.seed, self.epoch, pass_index)
+            found = 0
+            for sample in range_samples(sh.paths, sh.sizes, order, start, end, sh.num_classes,
+                                        self.counter):
+                found += 1
+                yield sample
+            if not found:
+                raise RuntimeError(f"no readable training samples at positions {start}..{end} "
+                                   f"of pass {pass_index}; the shards are empty or damaged")
+
+    def _batches(self, samples: Iterator[tuple[int, Sample]], reader: int,
+                 readers: int) -> Iterator[dict[str, Any]]:
+        batch: list[tuple[str, torch.Tensor, dict[str, int]]] = []
+        for counter, sample in samples:
+            image = _decode(sample, self.transform.decode_size, self.counter)
+            if image is None:
+                continue
+            gen = make_generator(sample_seed(self.seed, self.epoch, reader, readers, counter))
+            batch.append((sample.key, self.transform(image, gen), sample.labels))
+            if len(batch) == self.cfg.batch_size:
+                yield collate(*map(list, zip(*batch)), tuple(self.shards.num_classes))
+                batch = []
+
+
+class EvalStream(IterableDataset):
+    """Every sample of a split exactly once across ranks and workers; partial batches kept."""
+
+    def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int,
+                 counter: CorruptCounter):
+        self.shards, self.cfg = shards, cfg
+        self.rank, self.world_size, self.counter = rank, world_size, counter
+        self.batch_size = cfg.eval_batch_size or cfg.batch_size
+        self.transform = build_eval_transform(cfg)
+
+    def reader_range(self, worker: int, workers: int) -> tuple[int, int]:
+        """[start, end) of the split read by this rank's `worker`."""
+        readers, reader = self.world_size * workers, self.rank * workers + worker
+        n = self.shards.total
+        return n * reader // readers, n * (reader + 1) // readers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        sh = self.shards
+        start, end = self.reader_range(*_worker())
+        batch: list[tuple[str, torch.Tensor, dict[str, int]]] = []
+        for sample in range_samples(sh.paths, sh.sizes, range(len(sh.paths)), start, end,
+                                    sh.num_classes, self.counter):
+            image = _decode(sample, self.transform.decode_size, self.counter)
+            if image is None:
+                continue
+            batch.append((sample.key, self.transform(image), sample.labels))
+            if len(batch) == self.batch_size:
+                yield collate(*map(list, zip(*batch)), tuple(sh.num_classes))
+                batch = []
+        if batch:
+            yield collate(*map(list, zip(*batch)), tuple(sh.num_classes))
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def _loader(dataset: IterableDataset, workers: int) -> DataLoader:
+    # Batches are built in the workers (batch_size=None). DataLoader's default in-order
+    # delivery takes worker batches round-robin, which the determinism above relies on.
+    # Its own generator only draws the (unused) worker base seed, which would otherwise
+    # come from - and shift - the trainer's global RNG on every epoch.
+    return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def _shards(manifest: Manifest, split: str, task: str) -> _Shards:
+    """Shard paths and sizes of `split`; errors name a missing task, an empty split, missing files."""
+    for head in heads_for_task(task):
+        manifest.class_names(head)  # ManifestError naming the task if absent
+    paths = manifest.shard_paths(split)
+    if not paths or manifest.num_samples(split) == 0:
+        raise ManifestError(f"split {split!r} in {manifest.root} has no samples")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard file(s) of split {split!r} listed in the "
+                                f"manifest are missing: {', '.join(missing[:5])}")
+    sizes = [s.num_samples for s in manifest.split(split).shards]
+    return _Shards(paths, sizes, {t: manifest.num_classes(t) for t in manifest.tasks})
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+
+
+def balance_task_for(cfg: DataConfig) -> str:
+    """The task whose classes are balanced: --balance-task, else the task (style for combined)."""
+    if cfg.balance_task:
+        return cfg.balance_task
+    return "style" if cfg.task == "combined" else cfg.task
+
+
+def train_batches_per_rank(num_samples: int, world_size: int, batch_size: int) -> int:
+    """Batches every rank yields per epoch: one pass over the data, at least one batch."""
+    return max(1, num_samples // (world_size * batch_size))
+
+
+def build_train_data(manifest: Manifest, cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
+                     seed: int, skip_batches: int = 0) -> DataInfo:
+    """The training loader of `rank` for `epoch`; starts at batch `skip_batches` (exact resume)."""
+    _check_rank(rank, world_size)
+    shards = _shards(manifest, "train", cfg.task)
+    weights = None
+    balance_task = balance_task_for(cfg)
+    if cfg.balance != "none":
+        weights = balance_weights(manifest.class_counts("train", balance_task), cfg.balance)
+    num_batches = train_batches_per_rank(shards.total, world_size, cfg.batch_size)
+    counter = CorruptCounter()
+    stream = TrainStream(shards, cfg, rank=rank, world_size=world_size, epoch=epoch, seed=seed,
+                         num_batches=num_batches, skip_batches=max(0, skip_batches), weights=weights,
+                         balance_task=balance_task, counter=counter)
+    return DataInfo(_loader(stream, cfg.workers), num_batches * world_size * cfg.batch_size,
+                    num_batches, counter)
+
+
+def build_eval_data(manifest: Manifest, split: str, cfg: DataConfig, *, rank: int,
+                    world_size: int) -> DataInfo:
+    """The evaluation loader of `rank`: its share of `split`, each sample exactly once overall."""
+    _check_rank(rank, world_size)
+    shards = _shards(manifest, split, cfg.task)
+    counter = CorruptCounter()
+    stream = EvalStream(shards, cfg, rank=rank, world_size=world_size, counter=counter)
+    workers = max(1, cfg.workers)
+    ranges = (stream.reader_range(w, workers) for w in range(workers))
+    num_batches = sum(math.ceil((end - start) / stream.batch_size) for start, end in ranges)
+    return DataInfo(_loader(stream, cfg.workers), shards.total, num_batches, counter)

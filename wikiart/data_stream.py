@@ -1,0 +1,237 @@
+"""Low-level pieces of the sample streams: shard reading, validation, balancing, shuffling.
+
+Everything random here takes an explicit `numpy.random.Generator` seeded from (seed, epoch,
+reader, ...) so a stream is a pure function of its arguments; nothing touches global RNG state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing
+import tarfile
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from .labels import MISSING
+
+log = logging.getLogger("wikiart.data")
+T = TypeVar("T")
+BALANCE_POWER = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}
+SEED_MASK = (1 << 64) - 1
+
+
+class CorruptSample(ValueError):
+    """A sample inside a shard is unusable (bad JPEG, bad json, bad label)."""
+
+
+class CorruptCounter:
+    """Counts corrupt samples across DataLoader worker processes (shared memory)."""
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.Value("q", 0)
+
+    def add(self, n: int = 1) -> None:
+        with self._value.get_lock():
+            self._value.value += n
+
+    @property
+    def count(self) -> int:
+        return int(self._value.value)
+
+
+@dataclass(slots=True)
+class Sample:
+    """A validated, not yet decoded sample."""
+    key: str
+    image: bytes
+    labels: dict[str, int]
+
+
+def seeds(*parts: int) -> list[int]:
+    """Entropy for numpy's SeedSequence from ints that may be negative."""
+    return [int(p) & SEED_MASK for p in parts]
+
+
+def sample_seed(*parts: int) -> int:
+    """A 64-bit seed that is a pure function of `parts` (e.g. seed, epoch, reader, counter)."""
+    return int(np.random.SeedSequence(seeds(*parts)).generate_state(1, np.uint64)[0])
+
+
+def iter_shard(path: str) -> Iterator[dict]:
+    """Raw samples {"__key__", "jpg", "json", ...} of one tar shard in file order.
+
+    A missing file raises FileNotFoundError naming it; a tar that breaks part-way (truncated,
+    garbage) is logged and ends early, keeping the samples read before the damage.
+    """
+    with open(path, "rb") as fh:
+        files = ({**f, "__url__": path} for f in tar_file_iterator(fh))
+        try:
+            yield from group_by_keys(files)
+        except (tarfile.TarError, ValueError, OSError) as exc:
+            log.warning("shard %s is damaged, skipping the rest of it: %s", path, exc)
+
+
+def check_image_bytes(data: bytes) -> None:
+    """Cheap validity check without decoding pixels: parseable header, JPEG not truncated.
+
+    Run before the resume skip, so a sample this rejects is rejected identically in a resumed
+    epoch; only the rare damage it cannot see (inside the entropy-coded data) shifts later samples.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (w, h) = img.format, img.size
+    except Exception as exc:  # PIL raises many types for garbage
+        raise CorruptSample(f"unreadable image header ({exc.__class__.__name__})") from None
+    if w <= 0 or h <= 0:
+        raise CorruptSample(f"invalid image size {w}x{h}")
+    if fmt == "JPEG" and data.rfind(b"\xff\xd9", max(0, len(data) - 64)) < 0:
+        raise CorruptSample("truncated JPEG (no end-of-image marker)")
+
+
+def decode_image(data: bytes, min_side: int) -> Image.Image:
+    """Decode to RGB; a JPEG at least twice `min_side` is decoded reduced by libjpeg (draft).
+
+    Shards hold re-encoded RGB JPEGs with orientation already applied, so no EXIF handling.
+    Raises CorruptSample when the pixels cannot be decoded.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format == "JPEG":
+            # draft picks the largest 1/2, 1/4, 1/8 reduction keeping both sides >= min_side.
+            img.draft("RGB", (min_side, min_side))
+        return img.convert("RGB")
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
+        raise CorruptSample(f"undecodable image ({exc.__class__.__name__}: {exc})") from None
+
+
+def parse_sample(raw: Mapping, num_classes: Mapping[str, int]) -> Sample:
+    """Validate a raw tar sample into a `Sample`; raises CorruptSample with a reason."""
+    key = raw.get("__key__", "?")
+    image = raw.get("jpg")
+    if image is None or "json" not in raw:
+        raise CorruptSample(f"missing members (has {sorted(k for k in raw if not k.startswith('__'))})")
+    try:
+        meta = json.loads(raw["json"])
+        labels = {t: int(v) for t, v in meta["labels"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptSample(f"bad json ({exc.__class__.__name__}: {exc})") from None
+    for task, value in labels.items():
+        k = num_classes.get(task)
+        if k is not None and value != MISSING and not 0 <= value < k:
+            raise CorruptSample(f"label {task}={value} out of range 0..{k - 1}")
+    check_image_bytes(image)
+    return Sample(key=str(key), image=image, labels=labels)
+
+
+def shard_samples(path: str, size: int, lo: int, hi: int, num_classes: Mapping[str, int],
+                  counter: CorruptCounter) -> Iterator[Sample]:
+    """Validated samples at positions lo..hi-1 of one shard (positions count corrupt ones too,
+    as the manifest's sizes do); samples before `lo` are read past without being parsed.
+    Samples missing because the shard is damaged or short are counted as corrupt."""
+    position = -1
+    for position, raw in enumerate(iter_shard(path)):
+        if position >= hi:
+            if position >= size:
+                log.warning("shard %s holds more samples than the %d its manifest lists; "
+                            "the extra ones are ignored", path, size)
+            return
+        if position < lo:
+            continue
+        try:
+            yield parse_sample(raw, num_classes)
+        except CorruptSample as exc:
+            counter.add()
+            log.warning("skipping corrupt sample %s in %s: %s", raw.get("__key__"), path, exc)
+    lost = hi - max(lo, position + 1)
+    if lost > 0:
+        counter.add(lost)
+        log.warning("shard %s ends after %d samples but its manifest lists %d; %d lost",
+                    path, position + 1, size, lost)
+
+
+def range_samples(paths: Sequence[str], sizes: Sequence[int], order: Iterable[int], start: int,
+                  end: int, num_classes: Mapping[str, int], counter: CorruptCounter) -> Iterator[Sample]:
+    """Validated samples at positions [start, end) of the shards concatenated in `order`.
+
+    Only the shards overlapping the range are opened.
+    """
+    offset = 0
+    for idx in order:
+        lo, hi = max(start, offset), min(end, offset + sizes[idx])
+        if lo < hi:
+            yield from shard_samples(paths[idx], sizes[idx], lo - offset, hi - offset, num_classes, counter)
+        offset += sizes[idx]
+        if offset >= end:
+            return
+
+
+def shard_permutation(num_shards: int, seed: int, epoch: int, pass_index: int) -> np.ndarray:
+    """The shard order of one pass over the data; the same on every rank and worker."""
+    return np.random.default_rng(seeds(seed, epoch, pass_index, 0x5A4D)).permutation(num_shards)
+
+
+def balance_weights(counts: Sequence[int], mode: str) -> np.ndarray:
+    """Per-class repeat factors (N / (K * n_c)) ** p, p = 1 (inverse), 0.5 (sqrt), 0 (none).
+
+    Normalised so that sum_c n_c * w_c = N: the expected stream length is unchanged.
+    Classes without samples get weight 0 (they never occur).
+    """
+    if mode not in BALANCE_POWER:
+        raise ValueError(f"unknown balance mode {mode!r}; expected one of {list(BALANCE_POWER)}")
+    n = np.asarray(counts, dtype=np.float64)
+    present = n > 0
+    weights = np.zeros_like(n)
+    if not present.any():
+        return weights
+    total = n.sum()
+    weights[present] = (total / (present.sum() * n[present])) ** BALANCE_POWER[mode]
+    return weights * total / float((n * weights).sum())
+
+
+def balanced(samples: Iterable[Sample], task: str, weights: np.ndarray | None,
+             rng: np.random.Generator) -> Iterator[Sample]:
+    """Emit each sample floor(w) times plus once more with probability frac(w).
+
+    Samples whose `task` label is missing keep weight 1.
+    """
+    for sample in samples:
+        if weights is None:
+            yield sample
+            continue
+        label = sample.labels.get(task, MISSING)
+        w = float(weights[label]) if 0 <= label < len(weights) else 1.0
+        repeats = int(w) + int(rng.random() < w - int(w))
+        for _ in range(repeats):
+            yield sample
+
+
+def shuffled(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:
+    """Streaming shuffle through a buffer of `size` items; drains the buffer at the end."""
+    buffer: list[T] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(size))
+        yield buffer[j]
+        buffer[j] = item
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]
+
+
+def collate(keys: list[str], images: list[torch.Tensor], labels: list[Mapping[str, int]],
+            tasks: Sequence[str]) -> dict:
+    """The batch dict: image (B, 3, H, W), labels {task: LongTensor (B,)}, key list."""
+    return {
+        "image": torch.stack(images),
+        "labels": {t: torch.tensor([lab.get(t, MISSING) for lab in labels], dtype=torch.long)
+                   for t in tasks},
+        "key": keys,
+    }

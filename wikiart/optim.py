@@ -1,0 +1,175 @@
+"""Parameter groups, warmup + cosine as a pure function of the step, freezing, EMA.
+
+Freezing never flips `requires_grad`: every parameter stays registered with DDP and takes part
+in gradient synchronisation from the first step. A frozen parameter instead has its gradient
+set to None after backward, so AdamW skips it entirely (no update, no weight decay, no state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """New modules at cfg.lr, backbone at cfg.backbone_lr; biases and norm weights get no decay."""
+    groups = []
+    for name, params, lr in (("new", model.new_parameters(), cfg.lr),
+                             ("backbone", model.backbone_parameters(), cfg.backbone_lr)):
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        for suffix, group, wd in (("", decay, cfg.weight_decay), ("_no_decay", no_decay, 0.0)):
+            if group:
+                groups.append({"name": name + suffix, "params": group, "lr": lr, "base_lr": lr,
+                               "weight_decay": wd})
+    grouped = [id(p) for g in groups for p in g["params"]]
+    if len(grouped) != len(set(grouped)) or set(grouped) != {id(p) for p in model.parameters()}:
+        raise RuntimeError("backbone_parameters() and new_parameters() must split the model's parameters")
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; each group keeps its peak lr in group["base_lr"] for `apply_lr`."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, eta_min_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based).
+
+    Linear warmup (step+1)/warmup_steps for the first warmup_steps steps, then a cosine from 1
+    at step warmup_steps down to eta_min_ratio at total_steps (and flat after it).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1), 1.0)
+    return eta_min_ratio + (1.0 - eta_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int, eta_min: float) -> float:
+    """Learning rate at `step` for a group whose peak is base_lr and floor eta_min."""
+    return base_lr * lr_factor(step, total_steps, warmup_steps, eta_min / base_lr)
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, warmup_steps: int,
+             eta_min: float) -> list[float]:
+    """Set every group's lr for `step` from its base lr; a resumed run only needs the step."""
+    lrs = []
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, group["base_lr"], total_steps, warmup_steps, eta_min)
+        lrs.append(group["lr"])
+    return lrs
+
+
+def _params_of(optimizer_or_params: Any) -> list[torch.Tensor]:
+    if hasattr(optimizer_or_params, "param_groups"):
+        return [p for g in optimizer_or_params.param_groups for p in g["params"]]
+    return list(optimizer_or_params)
+
+
+class FreezePlan:
+    """Which backbone parts are frozen at an epoch.
+
+    Phase 0 (epoch < unfreeze_epoch, only when unfreeze_epoch is set): the whole backbone is
+    frozen and only the new modules train. Phase 1 (otherwise): the backbone trains, except the
+    stem when freeze_stem. Needs `model.backbone` and `model.stem_modules()`.
+    """
+
+    def __init__(self, model: nn.Module, freeze_stem: bool, unfreeze_epoch: int | None):
+        self.model = model
+        self.freeze_stem = freeze_stem
+        self.unfreeze_epoch = unfreeze_epoch
+
+    def phase(self, epoch: int) -> int:
+        return 0 if self.unfreeze_epoch is not None and epoch < self.unfreeze_epoch else 1
+
+    def frozen_modules(self, epoch: int, model: nn.Module | None = None) -> list[nn.Module]:
+        model = self.model if model is None else model
+        if self.phase(epoch) == 0:
+            return [model.backbone]
+        return model.stem_modules() if self.freeze_stem else []
+
+    def frozen_parameters(self, epoch: int) -> list[nn.Parameter]:
+        seen: dict[int, nn.Parameter] = {}
+        for module in self.frozen_modules(epoch):
+            seen.update((id(p), p) for p in module.parameters())
+        return list(seen.values())
+
+    def zero_frozen_grads(self, optimizer_or_params: torch.optim.Optimizer | Iterable[torch.Tensor],
+                          epoch: int) -> int:
+        """After backward, before clipping and step: drop the grads of frozen parameters.
+
+        Takes an optimizer or the parameters (the same objects under DDP); returns how many
+        gradients were dropped.
+        """
+        frozen = {id(p) for p in self.frozen_parameters(epoch)}
+        dropped = 0
+        for p in _params_of(optimizer_or_params):
+            if id(p) in frozen and p.grad is not None:
+                p.grad = None
+                dropped += 1
+        return dropped
+
+    def apply_bn_mode(self, model: nn.Module, epoch: int) -> None:
+        """Call after model.train(): frozen BatchNorm layers normalise with, and keep, their running stats."""
+        for module in self.frozen_modules(epoch, model):
+            for sub in module.modules():
+                if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                    sub.eval()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters and float buffers (integer buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """shadow = decay * shadow + (1 - decay) * current, after each optimizer step."""
+        for key, value in _unwrap(model).state_dict().items():
+            shadow = self.shadow[key]
+            if shadow.device != value.device:  # created before accelerator.prepare moved the model
+                shadow = self.shadow[key] = shadow.to(value.device)
+            if shadow.is_floating_point():
+                shadow.lerp_(value.detach().to(shadow.dtype), 1.0 - self.decay)
+            else:
+                shadow.copy_(value)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise ValueError("EMA state does not match the model (different parameter names)")
+        self.decay = state["decay"]
+        self.num_updates = state["num_updates"]
+        self.shadow = {k: v.detach().clone().to(self.shadow[k].device) for k, v in state["shadow"].items()}
+
+    def copy_to(self, model: nn.Module) -> None:
+        _unwrap(model).load_state_dict(self.shadow)
+
+    @contextlib.contextmanager
+    def swapped_into(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Run the block with the EMA weights in `model`, then restore the live weights."""
+        net = _unwrap(model)
+        live = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        self.copy_to(net)
+        try:
+            yield net
+        finally:
+            net.load_state_dict(live)
