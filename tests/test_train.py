@@ -66,7 +66,8 @@ def test_resumed_run_equals_uninterrupted_run(synthetic_shards, tmp_path):
               "--seed", "3", *TINY]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_train([*common, "--out", str(straight)])
-    proc = run_train([*common, "--out", str(resumed), "--stop-at-step", "5"])
+    proc = run_train([*common, "--out", str(resumed), "--stop-at-step", "5"], check=False)
+    assert proc.returncode == 75, proc.stderr[-3000:]  # stopped, resumable
     stopped = ckpt.load_checkpoint(ckpt.latest_checkpoint(resumed))[0]
     assert stopped.step == 5 and not stopped.finished and stopped.batch_in_epoch > 0  # mid-epoch
     assert "resume with --resume auto" in proc.stdout
@@ -109,3 +110,40 @@ def test_bad_input_fails_with_a_clear_message(args, needle, tmp_path):
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_model_learns_synthetic_genre_well_above_majority_baseline(synthetic_shards, tmp_path):
+    out = tmp_path / "learn"
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--epochs", "3",
+               "--workers", "1", "--backbone", "resnet18", "--image-size", "48", "--batch-size", "16",
+               "--proj-dim", "32", "--rnn-hidden", "32", "--rnn-layers", "1", "--no-progress"])
+    manifest = json.loads((synthetic_shards / "manifest.json").read_text())
+    counts = manifest["splits"]["val"]["class_counts"]["genre"]
+    majority = max(counts) / sum(counts)
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert best["genre/top1"] >= 2 * majority, (best["genre/top1"], majority)
+
+
+def test_checkpoint_with_other_classes_is_refused(synthetic_shards, tmp_path):
+    """Resuming a run whose checkpoint was trained on another class list is a clear error."""
+    out = tmp_path / "run"
+    model = {"w": torch.zeros(1)}
+    ckpt.save_checkpoint(out, ckpt.TrainState(step=1), model, {"state": {}, "param_groups": []},
+                         {"class_names": {"genre": ["portrait", "landscape"]}})
+    (out / "config.json").write_text("{}")
+    proc = run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre",
+                      "--resume", "auto", *TINY], check=False)
+    assert proc.returncode == 1
+    assert "do not match" in proc.stderr and "genre" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_out_dir_holding_another_run_is_refused_without_resume_or_overwrite(synthetic_shards, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    proc = run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", *TINY],
+                     check=False)
+    assert proc.returncode == 1 and "already holds a run" in proc.stderr
+    assert (out / "config.json").read_text() == "{}"  # nothing overwritten

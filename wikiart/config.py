@@ -350,6 +350,9 @@ class TrainConfig:
     report_to: str | None = opt(None, "Accelerate tracker, e.g. tensorboard")
     stop_at_step: int | None = opt(None, "save a checkpoint and exit after this optimizer step, as a "
                                    "preempted job would (the schedule still spans the whole run)", min=1)
+    stop_file: str | None = opt(None, "a file whose appearance asks the run to save and exit (default: OUT/STOP)")
+    stop_check_every: int = opt(10, "optimizer steps between checks for a stop request (signal or "
+                                "stop file); the ranks all-reduce the flag there", min=1)
     progress: bool = opt(True, "rich progress bar on the main process")
 
 
@@ -375,3 +378,71 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
 def parse_train_config(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return parse_config(TRAIN_SECTIONS, argv, "Train the WikiArt CNN-RNN classifier.",
                         presets=TASK_PRESETS, preset_key="task", prog="train.py")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and prediction (evaluate.py, wikiart-predict).
+# ---------------------------------------------------------------------------------------------
+CHECKPOINT_HELP = ("a save_pretrained directory, a Hugging Face Hub repo id, a training checkpoint "
+                   "(RUN/checkpoints/step-*) or a run directory (uses its best/)")
+EVAL_DESCRIPTION = "Evaluate a trained checkpoint on a split of the shards: metrics, reports, outliers."
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    checkpoint: str | None = opt(None, "model to evaluate: " + CHECKPOINT_HELP)
+    shards: str | None = opt(None, "directory with the WebDataset shards and manifest.json")
+    out: str | None = opt(None, "directory for metrics.json, reports and plots")
+    split: str = opt("val", "split to score")
+    batch_size: int = opt(64, "per-process batch size", min=1)
+    workers: int = opt(2, "loader worker processes per rank", min=0)
+    eval_resize: int | None = opt(None, "resize of the shorter side before the centre crop "
+                                  "(default: the run's setting, else image size * 13/12)", min=1)
+    tta: str = opt("none", "test-time augmentation: 'flip' averages the logits of each image and "
+                   "its mirror image", choices=("none", "flip"))
+    mixed_precision: str = opt("no", "mixed precision", choices=("no", "fp16", "bf16"))
+    ema: bool = opt(True, "training checkpoints: use their EMA weights when they hold some")
+    outliers: bool = opt(False, "rank suspicious paintings (possible label errors) per task")
+    centroids: str = opt("train", "split the outlier class centroids come from: 'train', or "
+                         "'eval' (the scored split)", choices=("train", "eval"))
+    outlier_top: int = opt(24, "paintings on each outlier contact sheet", min=1)
+    worst: int = opt(10, "worst classes listed per task", min=1)
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    checkpoint: str | None = opt(None, "model: " + CHECKPOINT_HELP)
+    top_k: int = opt(5, "classes shown per head", min=1)
+    json: bool = opt(False, "print JSON instead of tables")
+    batch_size: int = opt(16, "images per forward pass", min=1)
+    device: str = opt("auto", "torch device: auto (CUDA when available), cpu, cuda, cuda:N")
+    images: list[str] = dataclasses.field(default_factory=list)  # positional, added by the parser
+
+
+def parse_eval_config(argv: Sequence[str] | None = None) -> EvalConfig:
+    """evaluate.py's options; --checkpoint, --shards and --out are required (exit 2 if absent)."""
+    sections = {"eval": EvalConfig}
+    cfg = parse_config(sections, argv, EVAL_DESCRIPTION, prog="evaluate.py")["eval"]
+    missing = [flag_name(f) for f in dataclasses.fields(cfg)
+               if f.name in ("checkpoint", "shards", "out") and not getattr(cfg, f.name)]
+    if missing:
+        build_parser(sections, EVAL_DESCRIPTION, prog="evaluate.py").error(
+            f"the following arguments are required: {', '.join(missing)}")
+    return cfg
+
+
+def parse_predict_config(argv: Sequence[str] | None = None) -> PredictConfig:
+    """`wikiart-predict --checkpoint X IMAGE [IMAGE ...]`: the options plus positional images."""
+    description = "Classify image files with a trained checkpoint (top-k classes per head)."
+    parser = build_parser({"predict": PredictConfig}, description, prog="wikiart-predict",
+                          with_config_file=False)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    cfg = PredictConfig()
+    try:
+        _apply(cfg, vars(parser.parse_args(argv)), "command line")
+        validate(cfg)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if not cfg.checkpoint:
+        parser.error("the following arguments are required: --checkpoint")
+    return cfg

@@ -52,10 +52,12 @@ class LoopContext:
     seed: int
     stop_on_nonfinite: bool
     ema: ModelEMA | None = None
+    channels_last: bool = False
 
 
-def _to_device(batch: dict[str, Any], heads: Iterable[str], device: torch.device):
-    images = batch["image"].to(device, non_blocking=True)
+def _to_device(batch: dict[str, Any], heads: Iterable[str], device: torch.device, channels_last: bool = False):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    images = batch["image"].to(device, non_blocking=True, memory_format=fmt)
     labels = {t: batch["labels"][t].to(device, non_blocking=True) for t in heads}
     return images, labels
 
@@ -68,7 +70,7 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     ctx.optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=acc.device)
     for i, batch in enumerate(micro_batches):
-        images, labels = _to_device(batch, ctx.heads, acc.device)
+        images, labels = _to_device(batch, ctx.heads, acc.device, ctx.channels_last)
         images, targets, _ = ctx.mixer(images, labels, generator)
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(model)
@@ -138,6 +140,18 @@ class EvalOutputs:
 
 
 @torch.no_grad()
+def sync_buffers(accelerator: Accelerator, net: torch.nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics.
+
+    DDP broadcasts buffers at the start of each training forward, so after the last step each
+    rank holds stats from its own last batch; evaluation and checkpoints must use one set.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in net.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+@torch.no_grad()
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[dict[str, Any]],
              heads: Iterable[str], expected: int | None, with_embeddings: bool = False,
              tta_flip: bool = False) -> EvalOutputs:
@@ -147,6 +161,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[
     before the final gather.
     """
     net = accelerator.unwrap_model(model)
+    sync_buffers(accelerator, net)
     was_training = net.training
     net.eval()
     heads = tuple(heads)

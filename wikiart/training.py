@@ -22,12 +22,14 @@ from . import checkpoint as ckpt
 from .config import DataConfig, to_dict
 from .data import build_eval_data, build_train_data
 from .engine import LoopContext, NonFiniteLossError, evaluate, train_one_epoch
+from .hub import HubSync, check_hub_config, resolve_hub_resume
 from .labels import BASE_TASKS, heads_for_task
 from .manifest import Manifest, load_manifest
 from .metrics import headline_metrics
 from .mixing import Mixer
 from .model import CNNRNNClassifier, from_config
 from .optim import FreezePlan, ModelEMA, build_optimizer
+from .preemption import STOPPED_MARKER
 from .runlog import RunLogger
 
 RUN_CONFIG = "config.json"
@@ -63,6 +65,7 @@ def prepare_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
                 target = run_dir / name
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STOPPED_MARKER).unlink(missing_ok=True)  # this start answers the last stop
         saved = to_dict(cfg)
         (run_dir / RUN_CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     accelerator.wait_for_everyone()
@@ -104,6 +107,19 @@ class Job:
     state: ckpt.TrainState
     steps_per_epoch: int
     logger: RunLogger
+    hub: HubSync | None = None  # --push-to-hub, main process only (wikiart.hub)
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile with a fallback: a graph that fails to compile runs eagerly instead."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    try:
+        return torch.compile(model)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+        print(f"torch.compile unavailable ({exc}); running eagerly", flush=True)
+        return model
 
 
 def freeze_stem_for(cfg: dict[str, Any]) -> bool:
@@ -121,6 +137,7 @@ def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_a
 
 
 def setup_job(cfg: dict[str, Any]) -> Job:
+    check_hub_config(cfg)  # a bad repo id or a missing token fails before anything is written
     accelerator = build_accelerator(cfg)
     data, optim_cfg, train = cfg["data"], cfg["optim"], cfg["train"]
     manifest = load_manifest(data.shards)
@@ -130,7 +147,11 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
     ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
     state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, accelerator)
+    if cfg["model"].channels_last:
+        model = model.to(memory_format=torch.channels_last)
     prepared_model, prepared_opt = accelerator.prepare(model, optimizer)
+    if cfg["model"].compile:
+        prepared_model = compile_model(prepared_model)
     if accelerator.scaler is not None and "scaler" in extra:
         accelerator.scaler.load_state_dict(extra["scaler"])
     steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum)
@@ -146,17 +167,20 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
         grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
         eta_min=optim_cfg.eta_min, seed=train.seed,
-        stop_on_nonfinite=train.mixed_precision != "fp16", ema=ema)
+        stop_on_nonfinite=train.mixed_precision != "fp16", ema=ema,
+        channels_last=cfg["model"].channels_last)
     if train.report_to:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
     logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
     logger.print(f"training {data.task} ({', '.join(heads)}) on {accelerator.device}, world size "
                  f"{accelerator.num_processes}: {steps} steps/epoch, {total} steps, run dir {run_dir}")
-    return Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
+    job = Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
+    job.hub = HubSync.for_job(job)
+    return job
 
 
 def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, accelerator):
-    path = ckpt.resolve_resume(cfg["train"].resume, run_dir)
+    path = ckpt.resolve_resume(resolve_hub_resume(cfg, run_dir, accelerator), run_dir)  # hub -> auto
     if path is None:
         return ckpt.TrainState(), {}
     state, model_state, optimizer_state, extra = ckpt.load_checkpoint(path)
@@ -186,6 +210,8 @@ def save_training_state(job: Job) -> Path | None:
         path = ckpt.save_checkpoint(job.run_dir, job.state, net.state_dict(), job.ctx.optimizer.state_dict(),
                                     extra, keep_last=job.cfg["train"].keep_last)
     acc.wait_for_everyone()
+    if job.hub is not None:  # after the barrier: a push (or the final wait) never holds other ranks
+        job.hub.on_checkpoint(job)
     return path
 
 
@@ -203,6 +229,8 @@ def save_best(job: Job, metrics: dict[str, float]) -> None:
             net.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps({"step": job.state.step, **metrics}, indent=1) + "\n")
         ckpt.replace_directory(tmp, job.run_dir / "best")
+        if job.hub is not None:
+            job.hub.on_best(job)  # stages links and enqueues: returns at once
     acc.wait_for_everyone()
 
 
@@ -222,104 +250,3 @@ def run_validation(job: Job) -> dict[str, float]:
         save_best(job, metrics)
     job.logger.record("val", {**metrics, "epoch": job.state.epoch, "best": improved}, job.state.step)
     return metrics
-
-
-class StepHooks:
-    """Called after every optimizer step: logging, the non-finite guard, periodic saves/evals."""
-
-    def __init__(self, job: Job):
-        self.job = job
-        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=job.accelerator.device)
-        self.preempted = False
-        self.loss_sum = torch.zeros((), device=job.accelerator.device)
-        self.loss_count = 0
-
-    def __call__(self, metrics: dict[str, torch.Tensor]) -> bool:
-        job, train = self.job, self.job.cfg["train"]
-        step = job.state.step
-        # Track the first non-finite step on the device: no host sync until a log/save point.
-        bad = ~torch.isfinite(metrics["loss"])
-        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0),
-                                          torch.full_like(self.first_bad_step, step - 1), self.first_bad_step)
-        self.loss_sum += metrics["loss"]
-        self.loss_count += 1
-        done = step >= job.ctx.total_steps
-        if step % train.log_every == 0 or done:
-            self.guard()
-            self._log(metrics, step)
-        if train.save_every and step % train.save_every == 0 and not done:
-            self.guard()
-            save_training_state(job)
-        if train.eval_every and step % train.eval_every == 0 and not done:
-            self.guard()
-            run_validation(job)
-        if train.stop_at_step is not None and step >= train.stop_at_step and not done:
-            self.guard()
-            save_training_state(job)
-            self.preempted = True
-            return True
-        return done
-
-    def guard(self) -> None:
-        """Stop (on every rank) if any rank saw a non-finite loss; fp16 leaves it to the scaler."""
-        if not self.job.ctx.stop_on_nonfinite:
-            return
-        acc = self.job.accelerator
-        bad = (self.first_bad_step >= 0).to(torch.float32)
-        if acc.num_processes > 1:
-            bad = acc.reduce(bad, reduction="sum")
-        if float(bad) > 0:
-            local = int(self.first_bad_step)
-            step = local if local >= 0 else self.job.state.step
-            raise NonFiniteLossError(f"training loss became non-finite at optimizer step {step}; "
-                                     f"stopping without saving (lower the learning rate or check the data)")
-
-    def epoch_mean_loss(self) -> float:
-        mean = float(self.loss_sum / max(self.loss_count, 1))
-        self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), 0
-        return mean
-
-    def _log(self, metrics: dict[str, torch.Tensor], step: int) -> None:
-        job = self.job
-        values = {k: float(v) for k, v in metrics.items()}
-        lr = job.ctx.optimizer.param_groups[0]["lr"]
-        images = job.cfg["data"].batch_size * job.ctx.grad_accum * job.accelerator.num_processes
-        rate = job.logger.images_per_second(step, images)
-        job.logger.record("train", {**values, "lr": lr, "epoch": job.state.epoch, "images_per_s": rate}, step)
-        job.logger.progress(step, values["loss"], lr, rate)
-
-
-def fit(job: Job) -> dict[str, Any]:
-    """Train until the configured length (or a stop request); returns the last validation metrics."""
-    state, acc, data = job.state, job.accelerator, job.cfg["data"]
-    hooks = StepHooks(job)
-    metrics: dict[str, Any] = {}
-    if state.finished:
-        job.logger.print(f"run in {job.run_dir} already finished at step {state.step}")
-        return metrics
-    with job.logger:
-        while state.step < job.ctx.total_steps:
-            if job.ctx.freeze.phase(state.epoch) != job.ctx.freeze.phase(max(state.epoch - 1, 0)):
-                job.logger.print(f"epoch {state.epoch}: unfreezing the backbone")
-            info = build_train_data(job.manifest, data, rank=acc.process_index, world_size=acc.num_processes,
-                                    epoch=state.epoch, seed=job.cfg["train"].seed,
-                                    skip_batches=state.batch_in_epoch)
-            train_one_epoch(job.ctx, info.loader, state, job.steps_per_epoch, hooks)
-            if hooks.preempted:
-                job.logger.print(f"stopped at step {state.step}; checkpoint saved, resume with --resume auto")
-                return {"stopped_at_step": state.step}
-            if state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            hooks.guard()
-            metrics = run_validation(job)
-            job.logger.epoch_table(state.epoch, {"loss": hooks.epoch_mean_loss()}, metrics)
-            state.finished = state.step >= job.ctx.total_steps
-            save_training_state(job)
-    acc.end_training()
-    return metrics
-
-
-def train(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Entry point used by train.py: set up, fit, return the final validation metrics."""
-    job = setup_job(cfg)
-    return fit(job)

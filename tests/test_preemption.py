@@ -1,0 +1,122 @@
+"""Stop requests (signals, stop file) and DDP consistency, with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from wikiart import checkpoint as ckpt
+
+from test_train import ROOT, TINY, final_weights, metrics_rows, run_train
+
+LONG = ["--task", "genre", "--epochs", "3", "--workers", "1", "--log-every", "1", "--stop-check-every", "1",
+        "--seed", "5", *TINY]
+
+
+def _wait_for_train_rows(run_dir: Path, proc: subprocess.Popen, rows: int, timeout: float = 180) -> None:
+    """Poll metrics.jsonl until training has logged `rows` steps (the run is mid-epoch then)."""
+    deadline = time.monotonic() + timeout
+    path = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.communicate()}")
+        if path.exists() and sum('"kind": "train"' in line for line in path.read_text().splitlines()) >= rows:
+            return
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("training did not log in time")
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGUSR1", "SIGTERM", "stop-file"])
+def test_stop_request_saves_exits_75_and_resumes_to_the_same_weights(how, synthetic_shards, tmp_path):
+    common = ["--shards", str(synthetic_shards), *LONG, "--max-steps", "14"]
+    reference = tmp_path / "reference"
+    run_train([*common, "--out", str(reference)])
+
+    out = tmp_path / "stopped"
+    proc = _start([*common, "--out", str(out)])
+    _wait_for_train_rows(out, proc, rows=3)
+    if how == "stop-file":
+        (out / "STOP").touch()
+    else:
+        proc.send_signal(getattr(signal, how))
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 75, stderr[-3000:]
+    marker = json.loads((out / "STOPPED").read_text())
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0]
+    assert state.step == marker["step"] and 3 <= state.step < 14 and not state.finished
+    assert how.replace("-", " ") in marker["reason"].replace("-", " ") or how in marker["reason"]
+    assert not (out / "STOP").exists()
+
+    run_train([*common, "--out", str(out), "--resume", "auto"])
+    assert not (out / "STOPPED").exists()
+    steps = [r["step"] for r in metrics_rows(out, "train")]
+    assert steps == list(range(1, 15)), "every step trained exactly once"
+    a, b = final_weights(reference), final_weights(out)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_on_the_stop_step_and_stay_identical_through_unfreezing(synthetic_shards, tmp_path):
+    """2 gloo ranks: the backbone is frozen in epoch 0 and unfrozen at epoch 1. Only the main
+    process watches the stop file, so stopping both ranks at one step relies on the all-reduce.
+    After resuming, both ranks hold identical weights and the backbone moved only after epoch 0."""
+    out = tmp_path / "ddp"
+    args = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--epochs", "2",
+            "--unfreeze-epoch", "1", "--workers", "1", "--keep-last", "10", "--save-every", "12",
+            "--log-every", "1", "--stop-check-every", "1", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port",
+              str(29700 + os.getpid() % 200), str(ROOT / "tests" / "ddp_weights_probe.py")]
+    proc = subprocess.Popen([*launch, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_train_rows(out, proc, rows=3)
+    (out / "STOP").touch()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and (out / "STOPPED").is_file(), stderr[-3000:]  # torchrun: exit 1
+    stopped = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0]
+    assert stopped.step == json.loads((out / "STOPPED").read_text())["step"] and not stopped.finished
+
+    second = subprocess.run([*launch, *args, "--resume", "auto"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rank0 = torch.load(out / "rank0_weights.pt", weights_only=True)
+    rank1 = torch.load(out / "rank1_weights.pt", weights_only=True)
+    for name, value in rank0["final"].items():
+        assert torch.equal(value, rank1["final"][name]), f"ranks differ in {name}"
+
+    manifest = json.loads((synthetic_shards / "manifest.json").read_text())
+    steps_per_epoch = sum(s["num_samples"] for s in manifest["splits"]["train"]["shards"]) // 16
+    assert steps_per_epoch == 24  # checkpoint step-00000024 closes epoch 0
+    epoch0 = ckpt.load_checkpoint(ckpt.checkpoint_root(out) / f"step-{steps_per_epoch:08d}")[1]
+    init = initial_weights(out)
+    for name in rank0["backbone"]:
+        assert torch.equal(epoch0[name], init[name]), f"{name} changed while frozen"
+        assert not torch.equal(rank0["final"][name], init[name]), f"{name} never trained after unfreezing"
+    assert any(not torch.equal(epoch0[n], init[n]) for n in init if n.startswith("heads."))
+
+
+def initial_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Rebuild the seed-determined initial weights of the run (same config, same seed)."""
+    from wikiart.config import TRAIN_SECTIONS, from_dict
+    from wikiart.manifest import load_manifest
+    from wikiart.training import build_model
+    cfg = from_dict(TRAIN_SECTIONS, json.loads((run_dir / "config.json").read_text()))
+    return build_model(cfg, load_manifest(cfg["data"].shards), ("genre",)).state_dict()

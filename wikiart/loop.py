@@ -1,0 +1,129 @@
+"""Running a set-up job: epochs, per-step hooks (logging, guards, saves, stop requests), validation.
+
+`wikiart.training` sets the job up; `wikiart.engine` does the step; this module decides when
+to log, validate, save and stop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import build_train_data
+from .engine import NonFiniteLossError, train_one_epoch
+from .preemption import EXIT_PREEMPTED, STOP_FILE_NAME, StopRequest
+from .training import Job, run_validation, save_training_state, setup_job
+
+
+class StepHooks:
+    """Called after every optimizer step: logging, the non-finite guard, periodic saves/evals."""
+
+    def __init__(self, job: Job, stop: StopRequest):
+        self.job = job
+        self.stop = stop
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=job.accelerator.device)
+        self.stopped = False
+        self.loss_sum = torch.zeros((), device=job.accelerator.device)
+        self.loss_count = 0
+
+    def __call__(self, metrics: dict[str, torch.Tensor]) -> bool:
+        job, train = self.job, self.job.cfg["train"]
+        step = job.state.step
+        # Track the first non-finite step on the device: no host sync until a log/save point.
+        bad = ~torch.isfinite(metrics["loss"])
+        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0),
+                                          torch.full_like(self.first_bad_step, step - 1), self.first_bad_step)
+        self.loss_sum += metrics["loss"]
+        self.loss_count += 1
+        done = step >= job.ctx.total_steps
+        if step % train.log_every == 0 or done:
+            self.guard()
+            self._log(metrics, step)
+        if done:
+            return True
+        if train.save_every and step % train.save_every == 0:
+            self.guard()
+            save_training_state(job)
+        if train.eval_every and step % train.eval_every == 0:
+            self.guard()
+            run_validation(job)
+        asked = train.stop_at_step is not None and step >= train.stop_at_step
+        if self.stop.agreed(step, force_check=asked) or asked:
+            self.guard()
+            save_training_state(job)
+            self.stop.acknowledge(job.run_dir, step)
+            self.stopped = True
+        return self.stopped
+
+    def guard(self) -> None:
+        """Stop (on every rank) if any rank saw a non-finite loss; fp16 leaves it to the scaler."""
+        if not self.job.ctx.stop_on_nonfinite:
+            return
+        acc = self.job.accelerator
+        bad = (self.first_bad_step >= 0).to(torch.float32)
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        if float(bad) > 0:
+            local = int(self.first_bad_step)
+            step = local if local >= 0 else self.job.state.step
+            raise NonFiniteLossError(f"training loss became non-finite at optimizer step {step}; "
+                                     f"stopping without saving (lower the learning rate or check the data)")
+
+    def epoch_mean_loss(self) -> float:
+        mean = float(self.loss_sum / max(self.loss_count, 1))
+        self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), 0
+        return mean
+
+    def _log(self, metrics: dict[str, torch.Tensor], step: int) -> None:
+        job = self.job
+        values = {k: float(v) for k, v in metrics.items()}
+        lr = job.ctx.optimizer.param_groups[0]["lr"]
+        images = job.cfg["data"].batch_size * job.ctx.grad_accum * job.accelerator.num_processes
+        rate = job.logger.images_per_second(step, images)
+        job.logger.record("train", {**values, "lr": lr, "epoch": job.state.epoch, "images_per_s": rate}, step)
+        job.logger.progress(step, values["loss"], lr, rate)
+
+
+def stop_request_for(job: Job) -> StopRequest:
+    train = job.cfg["train"]
+    stop_file = Path(train.stop_file) if train.stop_file else job.run_dir / STOP_FILE_NAME
+    return StopRequest(job.accelerator, stop_file, train.stop_check_every)
+
+
+def fit(job: Job) -> dict[str, Any]:
+    """Train until the configured length or a stop request; returns the last validation metrics
+    (or {"stopped_at_step": N, "exit_code": 75} when stopped early)."""
+    state, acc, data = job.state, job.accelerator, job.cfg["data"]
+    hooks = StepHooks(job, stop_request_for(job))
+    metrics: dict[str, Any] = {}
+    if state.finished:
+        job.logger.print(f"run in {job.run_dir} already finished at step {state.step}")
+        return metrics
+    with job.logger:
+        while state.step < job.ctx.total_steps:
+            if state.epoch > 0 and job.ctx.freeze.phase(state.epoch) != job.ctx.freeze.phase(state.epoch - 1):
+                job.logger.print(f"epoch {state.epoch}: unfreezing the backbone")
+            info = build_train_data(job.manifest, data, rank=acc.process_index, world_size=acc.num_processes,
+                                    epoch=state.epoch, seed=job.cfg["train"].seed,
+                                    skip_batches=state.batch_in_epoch)
+            train_one_epoch(job.ctx, info.loader, state, job.steps_per_epoch, hooks)
+            if hooks.stopped:
+                job.logger.print(f"stopped at step {state.step} ({hooks.stop.reason or '--stop-at-step'}); "
+                                 f"checkpoint saved, resume with --resume auto")
+                return {"stopped_at_step": state.step, "exit_code": EXIT_PREEMPTED}
+            if state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            hooks.guard()
+            metrics = run_validation(job)
+            job.logger.epoch_table(state.epoch, {"loss": hooks.epoch_mean_loss()}, metrics)
+            state.finished = state.step >= job.ctx.total_steps
+            save_training_state(job)
+    acc.end_training()
+    return metrics
+
+
+def train(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Entry point used by train.py: set up, fit, return the final validation metrics."""
+    return fit(setup_job(cfg))
