@@ -102,6 +102,7 @@ def fit(job: Job) -> dict[str, Any]:
         job.logger.print(f"run in {job.run_dir} already finished at step {state.step}")
         return metrics
     with job.logger:
+        job.logger.restart_clock(state.step)
         while state.step < job.ctx.total_steps:
             if state.epoch > 0 and job.ctx.freeze.phase(state.epoch) != job.ctx.freeze.phase(state.epoch - 1):
                 job.logger.print(f"epoch {state.epoch}: unfreezing the backbone")
@@ -117,6 +118,7 @@ def fit(job: Job) -> dict[str, Any]:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             hooks.guard()
             metrics = run_validation(job)
+            job.logger.restart_clock(state.step)  # images/s counts training time only
             job.logger.epoch_table(state.epoch, {"loss": hooks.epoch_mean_loss()}, metrics)
             state.finished = state.step >= job.ctx.total_steps
             save_training_state(job)

@@ -62,6 +62,10 @@ class RunLogger:
         if numeric:
             self.accelerator.log(numeric, step=step)
 
+    def restart_clock(self, step: int) -> None:
+        """Measure throughput from `step` on (after a resume or a pause such as validation)."""
+        self._last_time, self._last_step = time.perf_counter(), step
+
     def images_per_second(self, step: int, images_per_step: int) -> float:
         now = time.perf_counter()
         rate = (step - self._last_step) * images_per_step / max(now - self._last_time, 1e-9)
