@@ -1,0 +1,417 @@
+"""Hub pushes, --resume hub and evaluate's card update, with HfApi replaced by `hub_double.RecordingHfApi`.
+
+Fast tests drive `HubPusher` and the helpers directly; the slow ones train for real (in-process
+and through train.py, one process and two DDP ranks) and check what reached the "remote".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hub_double import RecordingHfApi, http_error
+from huggingface_hub import HfApi, ModelCard
+from PIL import Image
+
+from wikiart import checkpoint as ckpt
+from wikiart import hub
+from wikiart.config import parse_train_config
+from wikiart.hub_push import HubPusher, RetryPolicy, Snapshot
+from wikiart.manifest import load_manifest
+from wikiart.model import CNNRNNClassifier
+from wikiart.model_card import build_card
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "hf_wikiartSecretTestToken0123456789abcd"
+REPO = "painter/wikiart-tiny"
+TINY = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
+        "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
+        "--balance", "none", "--workers", "1"]
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return TOKEN
+
+
+@pytest.fixture
+def double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str) -> RecordingHfApi:
+    api = RecordingHfApi(tmp_path / "hub_double")
+    monkeypatch.setattr(hub, "API_FACTORY", api)
+    return api
+
+
+def snapshot(tmp_path: Path, name: str, step: int, files: dict[str, str] | None = None) -> Snapshot:
+    folder = tmp_path / "staging" / name
+    for rel, text in (files or {"config.json": "{}", "training_state/state.json": f'{{"step": {step}}}'}).items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    return Snapshot(folder, step, f"wikiart: {name}")
+
+
+def run_config(shards: Path, *extra: str) -> dict:
+    return parse_train_config(["--task", "genre", "--shards", str(shards), "--push-to-hub", REPO, *TINY, *extra])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks at start
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, needle", [
+    (["--push-to-hub", "bad//id"], "not a valid repo id"),
+    (["--push-to-hub", "user/has space"], "not a valid repo id"),
+    (["--push-to-hub", "a/b/c"], "not a valid repo id"),
+    (["--push-to-hub", REPO, "--hub-every", "sometimes"], "--hub-every"),
+    (["--push-to-hub", REPO, "--hub-every", "0"], "--hub-every"),
+    (["--resume", "hub"], "--resume hub: also pass --push-to-hub"),
+])
+def test_bad_hub_flags_are_rejected(args, needle, token):
+    with pytest.raises(hub.HubConfigError, match=needle):
+        hub.check_hub_config(parse_train_config(args))
+
+
+def no_token_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    return {**env, "HF_HOME": str(tmp_path / "hf_home"), "HF_TOKEN_PATH": str(tmp_path / "no_token")}
+
+
+def test_missing_token_is_reported_at_start(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    with pytest.raises(hub.HubConfigError, match="no Hugging Face token"):
+        hub.check_hub_config(parse_train_config(["--push-to-hub", REPO]))
+    hub.check_hub_config(parse_train_config([]))  # no push: no token needed
+
+
+@pytest.mark.slow  # a train.py process: ~5-15 s of imports each
+@pytest.mark.parametrize("repo, with_token, needle", [
+    ("bad//id", True, "not a valid repo id"),
+    (REPO, False, "no Hugging Face token"),
+])
+def test_train_cli_fails_fast_on_hub_flags(repo, with_token, needle, tmp_path, synthetic_shards):
+    env = {**os.environ, "HF_TOKEN": TOKEN} if with_token else no_token_env(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--shards", str(synthetic_shards),
+                           "--out", str(out), "--push-to-hub", repo, *TINY],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr and TOKEN not in proc.stderr + proc.stdout
+    assert not out.exists()
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The background pusher
+# ---------------------------------------------------------------------------------------------
+def test_pusher_creates_the_repo_at_the_first_push_and_uploads_snapshots(tmp_path, double):
+    pusher = HubPusher(REPO, hub.make_api, private=True, policy=FAST)
+    assert double.calls() == []  # nothing at construction: no network at start
+    pusher.submit(snapshot(tmp_path, "a", 2))
+    assert pusher.wait(10).status == "pushed"
+    pusher.submit(snapshot(tmp_path, "b", 4))
+    outcome = pusher.wait(10)
+    assert outcome.status == "pushed" and outcome.step == 4 and outcome.commit_url.startswith(
+        f"https://huggingface.co/{REPO}/commit/")
+    creates = double.calls("create_repo")
+    assert len(creates) == 1 and creates[0]["private"] is True and creates[0]["exist_ok"] is True
+    uploads = double.calls("upload_folder")
+    assert [u["commit_message"] for u in uploads] == ["wikiart: a", "wikiart: b"]
+    assert uploads[0]["files"] == ["config.json", "training_state/state.json"]
+    assert all(u["thread"] == "wikiart-hub-push" for u in uploads)
+    assert not (tmp_path / "staging" / "a").exists()  # the pusher removes what it pushed
+
+
+def test_slow_push_never_blocks_submit_and_only_the_newest_waits(tmp_path, double):
+    release = threading.Event()
+    double.block = release
+    pusher = HubPusher(REPO, hub.make_api, policy=FAST)
+    pusher.submit(snapshot(tmp_path, "first", 1))
+    assert double.started.wait(10)
+    for name, step in (("second", 2), ("third", 3)):  # the upload is stuck: these must return anyway
+        pusher.submit(snapshot(tmp_path, name, step))
+    assert not release.is_set()
+    assert not (tmp_path / "staging" / "second").exists()  # replaced while waiting, never pushed
+    release.set()
+    assert pusher.wait(10).step == 3
+    assert [u["commit_message"] for u in double.calls("upload_folder")] == ["wikiart: first", "wikiart: third"]
+    assert pusher.counts == {"pushed": 2, "failed": 0, "coalesced": 1}
+
+
+def test_failures_are_retried_with_backoff_then_reported(tmp_path, double):
+    messages: list[str] = []
+    double.fail_times, double.error = 2, http_error(429, f"429 Too Many Requests for token {TOKEN}")
+    pusher = HubPusher(REPO, hub.make_api, policy=FAST, echo=messages.append)
+    pusher.submit(snapshot(tmp_path, "a", 1))
+    outcome = pusher.wait(10)
+    assert outcome.status == "pushed" and outcome.attempts == 3
+    assert len(messages) == 2 and "attempt 1/3" in messages[0] and "HfHubHTTPError: 429" in messages[0]
+    double.fail_times, double.error = 99, ConnectionError(f"network is down ({TOKEN})")
+    pusher.submit(snapshot(tmp_path, "b", 2))
+    outcome = pusher.wait(10)
+    assert outcome.status == "failed" and outcome.attempts == 3 and "ConnectionError" in outcome.error
+    assert "training goes on" in messages[-1]
+    assert all(TOKEN not in m for m in [*messages, outcome.error])
+    double.fail_times = 0  # the worker survived: the next snapshot goes through
+    pusher.submit(snapshot(tmp_path, "c", 3))
+    assert pusher.wait(10).status == "pushed" and pusher.counts["failed"] == 1
+
+
+def test_a_newer_snapshot_replaces_one_waiting_to_be_retried(tmp_path, double):
+    double.fail_times = 1
+    pusher = HubPusher(REPO, hub.make_api, policy=RetryPolicy(attempts=3, base_delay=30), echo=lambda m: None)
+    pusher.submit(snapshot(tmp_path, "a", 1))
+    deadline = time.monotonic() + 10
+    while not double.calls() and time.monotonic() < deadline:  # the first attempt failed: 30 s backoff
+        time.sleep(0.01)
+    pusher.submit(snapshot(tmp_path, "b", 2))
+    outcome = pusher.wait(10)  # far less than the backoff: "a" was dropped, not waited for
+    assert outcome.status == "pushed" and outcome.step == 2
+    assert [u["commit_message"] for u in double.calls("upload_folder")] == ["wikiart: b"]
+
+
+def test_backoff_doubles_and_is_capped():
+    policy = RetryPolicy(attempts=8, base_delay=5, max_delay=60)
+    assert [policy.delay(i) for i in range(1, 6)] == [5, 10, 20, 40, 60]
+
+
+def test_final_wait_times_out_cleanly(tmp_path, double):
+    release = threading.Event()
+    double.block = release
+    pusher = HubPusher(REPO, hub.make_api, policy=FAST)
+    pusher.submit(snapshot(tmp_path, "a", 1))
+    outcome = pusher.wait(0.2)
+    assert outcome.status == "timeout" and "0.2s" in outcome.error
+    release.set()
+    assert pusher.wait(10).status == "pushed"
+    pusher.close()
+
+
+def test_staged_links_survive_later_saves(tmp_path):
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "model.safetensors").write_text("old weights")
+    (best / "README.md").write_text("mixin card")
+    hub.link_tree(best, tmp_path / "staged", skip=("README.md",))
+    new = tmp_path / "best.tmp"
+    new.mkdir()
+    (new / "model.safetensors").write_text("new weights")
+    ckpt.replace_directory(new, best)  # what save_best does
+    assert (tmp_path / "staged" / "model.safetensors").read_text() == "old weights"
+    assert not (tmp_path / "staged" / "README.md").exists()
+
+
+def test_pushed_folder_loads_the_same_model(tmp_path, double, synthetic_shards, capsys):
+    torch.manual_seed(0)
+    names = load_manifest(synthetic_shards).classes["genre"]
+    model = CNNRNNClassifier("resnet18", class_names={"genre": names}, proj_dim=8, rnn_hidden=4,
+                             rnn_layers=1, image_size=32).eval()
+    model.save_pretrained(tmp_path / "best")
+    folder = tmp_path / "staged"
+    hub.link_tree(tmp_path / "best", folder, skip=("README.md",))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["class_names"] == {"genre": names} and config["image_size"] == 32
+    assert len(config["mean"]) == len(config["std"]) == 3
+    (folder / "README.md").write_text(str(build_card(REPO, config)))
+    pusher = HubPusher(REPO, hub.make_api, policy=FAST)
+    pusher.submit(Snapshot(folder, 1, "wikiart: model"))
+    assert pusher.wait(10).status == "pushed"
+    assert sorted(p.name for p in double.remote(REPO).iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = CNNRNNClassifier.from_pretrained(double.remote(REPO)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x)["genre"], loaded(x)["genre"])
+    # the card's own snippet runs as written (repo id -> the pushed files, a real image)
+    Image.new("RGB", (60, 40), (200, 120, 30)).save(tmp_path / "painting.jpg")
+    card_text = (double.remote(REPO) / "README.md").read_text()
+    snippet = card_text.split("```python\n")[1].split("```")[0]
+    assert "T.Resize(35), T.CenterCrop(32)" in snippet
+    snippet = snippet.replace(REPO, str(double.remote(REPO))).replace("painting.jpg", str(tmp_path / "painting.jpg"))
+    exec(compile(snippet, "card-snippet", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "{'genre': '" in printed and any(name in printed for name in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# --resume hub and evaluate.py --push-to-hub
+# ---------------------------------------------------------------------------------------------
+def test_training_state_comes_back_from_the_hub(tmp_path, double):
+    src = ckpt.save_checkpoint(tmp_path / "elsewhere", ckpt.TrainState(step=7, epoch=1),
+                               {"w": torch.ones(3)}, {"state": {}, "param_groups": []}, {"task": "genre"})
+    shutil.copytree(src, double.remote(REPO) / hub.STATE_SUBFOLDER)
+    for name in ("config.json", "model.safetensors", "README.md", "notes.txt"):
+        (double.remote(REPO) / name).write_text(f"remote {name}")
+    run_dir = tmp_path / "run"
+    path = hub.download_training_state(REPO, run_dir, policy=FAST)
+    assert path == ckpt.latest_checkpoint(run_dir) == run_dir / "checkpoints" / "step-00000007"
+    state, weights, _, extra = ckpt.load_checkpoint(path)  # weights_only loads
+    assert state.step == 7 and torch.equal(weights["w"], torch.ones(3)) and extra == {"task": "genre"}
+    assert "training_state/*" in double.calls("snapshot_download")[0]["allow_patterns"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best", "checkpoints"]
+    assert sorted(p.name for p in (run_dir / "best").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    (double.remote(REPO) / "config.json").write_text("newer")  # a run's own best/ is never replaced
+    hub.download_training_state(REPO, run_dir, policy=FAST)
+    assert (run_dir / "best" / "config.json").read_text() == "remote config.json"
+    assert hub.download_training_state("painter/never-pushed", tmp_path / "fresh", policy=FAST) is None
+
+
+def test_hub_down_at_resume_is_a_clear_error(tmp_path, double):
+    double.fail_times, double.error = 99, ConnectionError(f"no route to host ({TOKEN})")
+    with pytest.raises(ckpt.CheckpointError, match="--resume hub: download of .* failed after 3 attempt") as info:
+        hub.download_training_state(REPO, tmp_path / "run", policy=FAST)
+    assert TOKEN not in str(info.value)
+
+
+def test_the_real_client_is_used_unless_a_double_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(hub, "API_FACTORY", None)
+    monkeypatch.delenv(hub.API_ENV, raising=False)
+    assert isinstance(hub.make_api(), HfApi)
+    monkeypatch.setenv(hub.API_ENV, "hub_double:RecordingHfApi")
+    monkeypatch.setenv("WIKIART_HUB_DOUBLE_DIR", str(tmp_path))
+    assert type(hub.make_api()).__name__ == "RecordingHfApi"
+
+
+def test_push_eval_card_updates_the_metrics_of_the_pushed_card(tmp_path, double):
+    double.create_repo(REPO)
+    card = build_card(REPO, {"class_names": {"genre": ["a", "b"]}, "backbone": "resnet18"},
+                      metrics={"genre/top1": 0.5, "genre/top5": 0.875})
+    (double.remote(REPO) / "README.md").write_text(str(card))
+    url = hub.push_eval_card(REPO, {"genre": {"top1": 0.625, "top5": 1.0}}, split="test", api=double)
+    assert url.startswith(f"https://huggingface.co/{REPO}/commit/")
+    upload = double.calls("upload_file")[-1]
+    assert upload["path_in_repo"] == "README.md" and "evaluation metrics" in upload["commit_message"]
+    parsed = ModelCard(upload["text"])
+    assert "| genre | 0.6250 | 1.0000 |" in parsed.text and "`a`" in parsed.text
+    assert parsed.data.library_name == "wikiart" and TOKEN not in upload["text"]
+
+
+def test_push_eval_card_creates_a_card_and_repo_when_missing(double):
+    hub.push_eval_card("painter/new-model", {"genre/top1": 0.25}, model_config={"class_names": {"genre": ["a"]}},
+                       private=True, api=double)
+    assert double.calls("create_repo")[0]["private"] is True
+    assert "| genre | 0.2500 |" in ModelCard(double.calls("upload_file")[-1]["text"]).text
+    with pytest.raises(hub.HubConfigError):
+        hub.push_eval_card("bad//id", {}, api=double)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real training runs
+# ---------------------------------------------------------------------------------------------
+def rows(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def assert_no_token(*roots: Path, text: str = "") -> None:
+    assert TOKEN not in text
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_training_pushes_best_and_state_in_the_background(tmp_path, double, synthetic_shards, capfd):
+    from wikiart.loop import train
+    out = tmp_path / "run"
+    train(run_config(synthetic_shards, "--out", str(out), "--max-steps", "4", "--eval-every", "2",
+                     "--save-every", "2", "--hub-every", "best"))
+    uploads = double.calls("upload_folder")
+    assert uploads and all(u["pid"] == os.getpid() and u["thread"] == "wikiart-hub-push" for u in uploads)
+    assert len(double.calls("create_repo")) == 1
+    last = uploads[-1]
+    assert {"README.md", "config.json", "model.safetensors", "metrics.json", "training_state/COMPLETE",
+            "training_state/model.safetensors", "training_state/optimizer.pt",
+            "training_state/state.json"} <= set(last["files"])
+    assert "best model (step" in last["commit_message"] and "training state step-00000004" in last["commit_message"]
+    card = ModelCard(last["readme"])
+    assert card.data.pipeline_tag == "image-classification" and "| genre |" in card.text
+    remote_state = json.loads((double.remote(REPO) / "training_state" / "state.json").read_text())
+    assert remote_state["step"] == 4 and remote_state["finished"]
+    (row,) = rows(out, "hub")
+    assert row["status"] == "pushed" and row["commit_url"] and row["repo_id"] == REPO
+    assert row["step"] == row["pushed_step"] == 4 and row["pushes"] >= 1 and row["failures"] == 0
+    assert not (out / hub.STAGING_DIR).exists()
+    assert_no_token(out, double.root, text="".join(capfd.readouterr()))
+
+
+@pytest.mark.slow
+def test_a_stuck_hub_never_holds_up_training(tmp_path, double, synthetic_shards, monkeypatch):
+    from wikiart.loop import train
+    release = threading.Event()
+    double.block = release
+    monkeypatch.setenv(hub.TIMEOUT_ENV, "0.5")
+    out = tmp_path / "run"
+    train(run_config(synthetic_shards, "--out", str(out), "--max-steps", "4", "--eval-every", "2",
+                     "--hub-every", "1"))
+    assert double.started.is_set() and not release.is_set()  # trained to the end while the first upload hung
+    assert rows(out, "train")[-1]["step"] == 4
+    (row,) = rows(out, "hub")
+    assert row["status"] == "timeout" and "0.5s" in row["error"]
+    release.set()
+    deadline = time.monotonic() + 30
+    while len(double.calls("upload_folder")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    uploads = double.calls("upload_folder")
+    assert len(uploads) == 2 and "training state step-00000004" in uploads[1]["commit_message"]
+
+
+def launch(args: list[str], env: dict[str, str], ranks: int = 1) -> subprocess.CompletedProcess:
+    """train.py in one process, or under `accelerate launch` with `ranks` CPU processes."""
+    cmd = [sys.executable, str(ROOT / "train.py")] if ranks == 1 else [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_processes", str(ranks),
+        "--main_process_port", str(29800 + os.getpid() % 150), str(ROOT / "train.py")]
+    return subprocess.run([*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def double_env(store: Path, fail: int = 0) -> dict[str, str]:
+    """Environment that makes train.py use RecordingHfApi with its remote under `store`."""
+    return {**os.environ, "HF_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "WIKIART_HUB_API": "hub_double:RecordingHfApi",
+            "WIKIART_HUB_DOUBLE_DIR": str(store), "WIKIART_HUB_DOUBLE_FAIL": str(fail),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.slow
+def test_stopped_run_pushes_its_state_and_resumes_from_the_hub(tmp_path, synthetic_shards):
+    store = tmp_path / "hub_double"
+    common = ["--task", "genre", "--shards", str(synthetic_shards), "--push-to-hub", REPO, "--max-steps", "6",
+              "--eval-every", "2", *TINY]
+    first = launch([*common, "--out", str(tmp_path / "a"), "--stop-at-step", "3"], double_env(store, fail=1))
+    assert first.returncode == 75, first.stderr[-3000:]
+    assert "failed (attempt 1/6)" in first.stdout and f"hub: pushed step 3 to {REPO}" in first.stdout
+    api = RecordingHfApi(store, fail_times=0)
+    assert "training state step-00000003" in api.calls("upload_folder")[-1]["commit_message"]
+    assert rows(tmp_path / "a", "hub")[0]["status"] == "pushed"
+    second = launch([*common, "--out", str(tmp_path / "b"), "--resume", "hub"], double_env(store))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "fetched the training state of step 3" in second.stdout and "resuming from" in second.stdout
+    assert [r["step"] for r in rows(tmp_path / "b", "train")][0] > 3
+    assert (tmp_path / "b" / "best" / "model.safetensors").is_file()
+    state = json.loads((api.remote(REPO) / "training_state" / "state.json").read_text())
+    assert state["step"] == 6 and state["finished"]
+    assert_no_token(tmp_path / "a", tmp_path / "b", store, text=first.stdout + first.stderr + second.stdout)
+
+
+@pytest.mark.slow
+def test_only_the_main_rank_pushes_under_ddp(tmp_path, synthetic_shards):
+    store = tmp_path / "hub_double"
+    proc = launch(["--task", "genre", "--shards", str(synthetic_shards), "--out", str(tmp_path / "ddp"),
+                   "--push-to-hub", REPO, "--max-steps", "4", "--eval-every", "2", "--hub-every", "2", *TINY],
+                  double_env(store), ranks=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 2" in proc.stdout
+    calls = RecordingHfApi(store).calls()
+    assert calls and len({c["pid"] for c in calls}) == 1 and {c["thread"] for c in calls} == {"wikiart-hub-push"}
+    (row,) = rows(tmp_path / "ddp", "hub")
+    assert row["status"] == "pushed" and row["step"] == 4
