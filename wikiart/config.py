@@ -341,7 +341,8 @@ class TrainConfig:
     grad_accum: int = opt(1, "gradient accumulation micro-batches per optimizer step", min=1)
     mixed_precision: str = opt("no", "mixed precision", choices=("no", "fp16", "bf16"))
     seed: int = opt(0, "random seed (data order, init, augmentation)")
-    resume: str | None = opt(None, "resume: 'auto' (newest checkpoint in --out) or a checkpoint path")
+    resume: str | None = opt(None, "resume: 'auto' (newest checkpoint in --out), 'hub' (the "
+                                 "training state pushed to --push-to-hub), or a checkpoint path")
     overwrite: bool = opt(False, "allow starting fresh in an --out that holds another run")
     eval_every: int | None = opt(None, "also validate every N optimizer steps (default: each epoch)", min=1)
     save_every: int | None = opt(None, "save a training checkpoint every N optimizer steps", min=1)

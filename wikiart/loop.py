@@ -113,6 +113,8 @@ def fit(job: Job) -> dict[str, Any]:
             if hooks.stopped:
                 job.logger.print(f"stopped at step {state.step} ({hooks.stop.reason or '--stop-at-step'}); "
                                  f"checkpoint saved, resume with --resume auto")
+                if job.hub is not None:
+                    job.hub.finish(job)  # push the saved state, wait (bounded) for the upload
                 return {"stopped_at_step": state.step, "exit_code": EXIT_PREEMPTED}
             if state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -122,6 +124,8 @@ def fit(job: Job) -> dict[str, Any]:
             job.logger.epoch_table(state.epoch, {"loss": hooks.epoch_mean_loss()}, metrics)
             state.finished = state.step >= job.ctx.total_steps
             save_training_state(job)
+    if job.hub is not None:
+        job.hub.finish(job)  # idempotent: the final checkpoint save may already have awaited it
     acc.end_training()
     return metrics
 
