@@ -25,6 +25,26 @@ def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_run(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run directory of a tiny `combined` model (3 heads) trained 20 steps by train.py on
+    `synthetic_shards`: checkpoints/step-00000020/ and best/ hold the same weights. ~20 s."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cmd = [sys.executable, str(root / "train.py"), "--shards", str(synthetic_shards), "--out", str(out),
+           "--task", "combined", "--epochs", "1", "--max-steps", "20", "--workers", "1",
+           "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
+           "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
+           "--balance", "none"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # A small ArtGAN download in the real, quirky format (used by test_sources and test_shards)
 # ----------------------------------------------------------------------------------------------

@@ -397,8 +397,8 @@ class EvalConfig:
     split: str = opt("val", "split to score")
     batch_size: int = opt(64, "per-process batch size", min=1)
     workers: int = opt(2, "loader worker processes per rank", min=0)
-    eval_resize: int | None = opt(None, "resize of the shorter side before the centre crop "
-                                  "(default: the run's setting, else image size * 13/12)", min=1)
+    eval_resize: int | None = opt(None, "resize of the shorter side before the centre crop; none: the "
+                                  "run's setting, else image size * 13/12", min=1)
     tta: str = opt("none", "test-time augmentation: 'flip' averages the logits of each image and "
                    "its mirror image", choices=("none", "flip"))
     mixed_precision: str = opt("no", "mixed precision", choices=("no", "fp16", "bf16"))

@@ -1,0 +1,251 @@
+"""evaluate.py end to end: metrics and report files, checkpoint forms, 2 ranks = 1 rank, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wikiart.evaluation import main as evaluate_main
+from wikiart.checkpoint import CheckpointError
+from wikiart.evaluation_checkpoint import load_model
+from wikiart.model import CNNRNNClassifier
+from wikiart.report import plot_confusion
+from wikiart.shards_io import iter_shard_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("artist", "genre", "style")
+
+
+def strict_json(path: Path) -> dict:
+    def refuse(token: str):
+        raise AssertionError(f"{path} holds {token}: not strict JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def val_labels(shards: Path) -> dict[str, np.ndarray]:
+    """Labels of the val split read straight from the tars (independent of the loader)."""
+    manifest = json.loads((shards / "manifest.json").read_text())
+    paths = [shards / s["name"] for s in manifest["splits"]["val"]["shards"]]
+    metas = [meta for _, _, meta in iter_shard_samples(paths)]
+    return {t: np.array([m["labels"][t] for m in metas]) for t in TASKS}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run, synthetic_shards, tmp_path_factory) -> tuple[Path, str]:
+    """evaluate.py on the run directory (-> best/), in process, with the trainer's batch size."""
+    out = tmp_path_factory.mktemp("evaluated") / "out"
+    capture = tmp_path_factory.mktemp("evaluated") / "stdout.txt"
+    with capture.open("w") as fh:
+        saved, sys.stdout = sys.stdout, fh
+        try:
+            rc = evaluate_main(["--checkpoint", str(trained_run), "--shards", str(synthetic_shards),
+                                "--out", str(out), "--batch-size", "8", "--workers", "1"])
+        finally:
+            sys.stdout = saved
+    assert rc == 0
+    return out, capture.read_text()
+
+
+@pytest.mark.slow
+def test_metrics_agree_with_training_validation_and_the_shards(evaluated, trained_run, synthetic_shards):
+    out, _ = evaluated
+    metrics = strict_json(out / "metrics.json")
+    trainer = json.loads((trained_run / "best" / "metrics.json").read_text())
+    labels = val_labels(synthetic_shards)
+    assert metrics["checkpoint_kind"] == "pretrained" and metrics["checkpoint_path"].endswith("best")
+    assert metrics["split"] == "val" and metrics["num_samples"] == metrics["manifest_samples"] == 101
+    for t in TASKS:
+        m = metrics["tasks"][t]
+        # the trainer scored the same model on the same split: same numbers
+        for key in ("top1", "top5", "loss"):
+            assert m[key] == pytest.approx(trainer[f"{t}/{key}"], abs=1e-5), (t, key)
+        known = labels[t][labels[t] >= 0]
+        assert m["scored"] == len(known) and m["missing"] == int((labels[t] < 0).sum()) > 0
+        support = np.bincount(known, minlength=m["num_classes"])
+        assert [row["support"] for row in m["per_class"]] == support.tolist()
+        cm = np.array(m["confusion"])
+        assert cm.sum(axis=1).tolist() == support.tolist()
+        assert np.trace(cm) == round(m["top1"] * m["scored"])
+        recalls = [row["recall"] for row in m["per_class"]]
+        assert recalls == pytest.approx([cm[i, i] / s if s else 0.0 for i, s in enumerate(support)])
+        assert 0.0 <= m["macro_f1"] <= 1.0 and 0.0 <= m["weighted_f1"] <= 1.0
+    combined = metrics["combined"]
+    assert combined["joint_exact_match"] == pytest.approx(trainer["joint_exact_match"], abs=1e-6)
+    assert combined["mean_top1"] == pytest.approx(np.mean([metrics["tasks"][t]["top1"] for t in TASKS]))
+
+
+@pytest.mark.slow
+def test_report_files_are_written_and_well_formed(evaluated, trained_run):
+    out, stdout = evaluated
+    metrics = strict_json(out / "metrics.json")
+    names = json.loads((trained_run / "best" / "config.json").read_text())["class_names"]
+    for t in TASKS:
+        m = metrics["tasks"][t]
+        report = (out / f"classification_report_{t}.txt").read_text()
+        assert f"scored: {m['scored']} paintings ({m['missing']} without a {t} label" in report
+        assert all(name in report for name in names[t]) and "macro avg" in report
+        with (out / f"per_class_recall_{t}.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert [r["class"] for r in rows] == names[t]
+        assert [float(r["recall"]) for r in rows] == pytest.approx([r["recall"] for r in m["per_class"]], abs=1e-6)
+        assert [int(r["correct"]) for r in rows] == [m["confusion"][i][i] for i in range(len(rows))]
+        with Image.open(out / f"confusion_{t}.png") as png:
+            assert 400 <= png.width <= 3000 and 400 <= png.height <= 3000
+    assert "val metrics" in stdout and "worst" in stdout and "joint exact match" in stdout
+
+
+@pytest.mark.slow
+def test_training_checkpoint_and_run_directory_load_the_same_model(trained_run):
+    # max-steps 20 ends inside the first epoch: best/ and step-20 hold the same weights.
+    from_step = load_model(str(trained_run / "checkpoints" / "step-00000020"))
+    from_run = load_model(str(trained_run))
+    assert from_step.kind == "training-state" and from_step.step == 20 and from_step.weights == "model"
+    assert from_run.kind == "pretrained" and from_run.path == str(trained_run / "best")
+    assert from_step.model.class_names_dict() == from_run.model.class_names_dict()
+    assert from_step.model.image_size == from_run.model.image_size == 32
+    a, b = from_step.model.state_dict(), from_run.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not from_step.model.training and from_step.eval_resize is None  # the run's default
+
+
+def outlier_csv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open() as fh:
+        return {row["key"]: row for row in csv.DictReader(fh)}
+
+
+def launch_two_ranks(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_processes", "2",
+           "--main_process_port", str(29400 + os.getpid() % 200), str(ROOT / "evaluate.py"), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def evaluate_one_thread(args: list[str]) -> int:
+    """In process with one intra-op thread, as each rank of the launch runs (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return evaluate_main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_two_ranks_give_exactly_the_numbers_of_one(trained_run, synthetic_shards, evaluated, tmp_path, capsys):
+    # Batch 10 splits 101 paintings at 50 | 51 on 2 ranks and at multiples of 10 on one: the same
+    # batches, so even the float logits agree bit for bit (a conv's rounding depends on its batch).
+    common = ["--checkpoint", str(trained_run), "--shards", str(synthetic_shards), "--batch-size", "10",
+              "--workers", "1", "--tta", "flip", "--outliers", "--outlier-top", "4"]
+    two = launch_two_ranks([*common, "--out", str(tmp_path / "two")])
+    assert "world size 2" in two.stdout and two.stdout.count("val metrics") == 1  # only rank 0 prints
+    capsys.readouterr()
+    assert evaluate_one_thread([*common, "--out", str(tmp_path / "one")]) == 0
+    assert "world size 1" in capsys.readouterr().out
+    a, b = strict_json(tmp_path / "one" / "metrics.json"), strict_json(tmp_path / "two" / "metrics.json")
+    assert (a.pop("world_size"), b.pop("world_size")) == (1, 2)
+    a_out, b_out = a.pop("outliers"), b.pop("outliers")
+    assert a == b
+    # Training-split centroids are sums reduced across ranks over differently cut batches: equal
+    # up to float rounding (the scored split itself matched exactly above).
+    for t in TASKS:
+        one, two = (outlier_csv(tmp_path / d / f"outliers_{t}.csv") for d in ("one", "two"))
+        assert one.keys() == two.keys() and len(one) == a["tasks"][t]["scored"]
+        for key, row in one.items():
+            assert row["predicted"] == two[key]["predicted"] and row["nearest_other"] == two[key]["nearest_other"]
+            for col in ("own_similarity", "other_similarity", "margin", "score"):
+                assert float(row[col]) == pytest.approx(float(two[key][col]), abs=1e-5), (t, key, col)
+        assert a_out["tasks"][t]["scored"] == b_out["tasks"][t]["scored"]
+    plain = strict_json(evaluated[0] / "metrics.json")
+    assert a["tta"] == "flip" and a["tasks"]["genre"]["loss"] != plain["tasks"]["genre"]["loss"]
+
+
+def renamed_class_shards(src: Path, dst: Path) -> Path:
+    """The same shards with one genre class renamed in the manifest."""
+    dst.mkdir()
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["classes"]["genre"][0] += "_renamed"
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    for tar in src.glob("*.tar"):
+        (dst / tar.name).symlink_to(tar)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(synthetic_shards, tmp_path_factory) -> Path:
+    """A save_pretrained directory of an untrained tiny model with the shards' classes (~1 s)."""
+    classes = json.loads((synthetic_shards / "manifest.json").read_text())["classes"]
+    model = CNNRNNClassifier(backbone="resnet18", class_names={"genre": classes["genre"]}, proj_dim=8,
+                             rnn_hidden=8, rnn_layers=1, image_size=32)
+    path = tmp_path_factory.mktemp("untrained") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("class_mismatch", "do not match the shards' manifest"),
+    ("missing", "no such file or directory"),
+    ("not_a_checkpoint", "not a checkpoint"),
+    ("offline_hub_id", "Hugging Face Hub could not provide it"),
+    ("unknown_split", "split 'test' is not in the manifest"),
+])
+def test_bad_input_is_one_clear_line_and_writes_nothing(case, needle, untrained_checkpoint, synthetic_shards,
+                                                        tmp_path, capsys):
+    checkpoint, shards, extra = str(untrained_checkpoint), synthetic_shards, []
+    if case == "class_mismatch":
+        shards = renamed_class_shards(synthetic_shards, tmp_path / "renamed")
+    elif case == "missing":
+        checkpoint = str(tmp_path / "nowhere")
+    elif case == "not_a_checkpoint":
+        (tmp_path / "empty").mkdir()
+        checkpoint = str(tmp_path / "empty")
+    elif case == "offline_hub_id":
+        checkpoint = "no-such-user/no-such-wikiart-model"   # tests run with HF_HUB_OFFLINE=1
+    else:
+        extra = ["--split", "test"]
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = evaluate_main(["--checkpoint", checkpoint, "--shards", str(shards), "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(err) == 1 and err[0].startswith("evaluate.py: error:") and needle in err[0], err
+    assert not out.exists()
+
+
+def test_required_flags_and_bad_values_are_command_line_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        evaluate_main(["--checkpoint", "x", "--shards", "y"])
+    assert exc.value.code == 2 and "required: --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        evaluate_main(["--checkpoint", "x", "--shards", "y", "--out", "z", "--tta", "rotate"])
+    assert exc.value.code == 2 and "--tta" in capsys.readouterr().err
+
+
+def test_offline_hub_id_is_a_checkpoint_error():
+    with pytest.raises(CheckpointError, match="no-such-user/model"):
+        load_model("no-such-user/model")
+
+
+def test_confusion_heat_map_scales_with_the_class_count(tmp_path):
+    sizes = {}
+    rng = np.random.default_rng(0)
+    for n in (10, 129):
+        cm = rng.integers(0, 4, (n, n)) + np.diag(rng.integers(5, 30, n))
+        cm[3] = 0  # a class without samples: a zero row, not NaN
+        path = tmp_path / f"cm{n}.png"
+        plot_confusion(path, cm.tolist(), [f"class_name_{i}" for i in range(n)], f"{n} classes")
+        with Image.open(path) as png:
+            sizes[n] = png.size
+    assert 400 <= min(sizes[10]) and max(sizes[10]) <= 1200
+    assert sizes[129][0] > 2.5 * sizes[10][0] and max(sizes[129]) <= 5000

@@ -1,0 +1,136 @@
+"""evaluate.py: how good a trained model is and where it fails, on one process or across ranks.
+
+    accelerate launch evaluate.py --checkpoint DIR_OR_HUB_ID --shards DIR --out DIR \
+        [--split val] [--outliers] [--tta flip]
+
+Every rank loads the model and scores its share of the split (exactly once overall); the
+logits are gathered and deduplicated by key (`engine.evaluate`), and every metric is computed
+with scikit-learn on the gathered arrays, so the numbers do not depend on the world size.
+Only the main process writes files and prints. A checkpoint whose class names differ from
+the manifest is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+from rich.console import Console
+
+from .cli import run_cli
+from .config import DataConfig, EvalConfig, parse_eval_config
+from .data import build_eval_data
+from .engine import EvalOutputs, evaluate
+from .evaluation_checkpoint import LoadedModel, eval_data_config, input_normalizer, load_model, renormalized
+from .evaluation_outliers import compute_outliers, write_outlier_files
+from .manifest import Manifest, load_manifest
+from .metrics import evaluation_metrics
+from .report import (plot_confusion, print_summary, write_classification_report, write_json,
+                     write_per_class_recall)
+from .training import check_class_names
+from .transforms import build_eval_transform
+
+PROG = "evaluate.py"
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def build_eval_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator for scoring; CPU ranks launched by torchrun get a gloo group."""
+    cpu_ddp = not torch.cuda.is_available() and "LOCAL_RANK" in os.environ
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu_ddp,
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])
+
+
+def load_checked_model(cfg: EvalConfig, manifest: Manifest) -> LoadedModel:
+    """The checkpoint's model, refused (CheckpointError) if its classes differ from the manifest."""
+    manifest.split(cfg.split)  # an unknown split fails before the model is loaded
+    loaded = load_model(cfg.checkpoint, use_ema=cfg.ema)
+    check_class_names(loaded.model.class_names_dict(), manifest, f"checkpoint {cfg.checkpoint}")
+    return loaded
+
+
+def score_split(accelerator: Accelerator, model: torch.nn.Module, manifest: Manifest, split: str,
+                data_cfg: DataConfig, with_embeddings: bool, tta_flip: bool) -> EvalOutputs:
+    """Logits (and embeddings) of every painting of `split`, gathered on every rank."""
+    info = build_eval_data(manifest, split, data_cfg, rank=accelerator.process_index,
+                           world_size=accelerator.num_processes)
+    loader = renormalized(info.loader, input_normalizer(model))
+    return evaluate(accelerator, model, loader, model.tasks, manifest.num_samples(split),
+                    with_embeddings=with_embeddings, tta_flip=tta_flip)
+
+
+def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
+    """Score, compute metrics (and outliers), write the outputs; returns the metrics on every rank."""
+    accelerator = build_eval_accelerator(cfg.mixed_precision)
+    manifest = load_manifest(cfg.shards)
+    loaded = load_checked_model(cfg, manifest)
+    loaded.model.to(accelerator.device)
+    main = accelerator.is_main_process
+    console = console or Console(highlight=False)
+    if main:
+        console.print(f"evaluating {loaded.describe()} on {cfg.split} of {cfg.shards} "
+                      f"({manifest.num_samples(cfg.split)} paintings, world size {accelerator.num_processes})")
+    data_cfg = eval_data_config(loaded, cfg.shards, cfg.batch_size, cfg.workers, cfg.eval_resize)
+    out = score_split(accelerator, loaded.model, manifest, cfg.split, data_cfg,
+                      with_embeddings=cfg.outliers, tta_flip=cfg.tta == "flip")
+    class_names = loaded.model.class_names_dict()
+    summary = {**describe_run(cfg, loaded, data_cfg, manifest, out, accelerator.num_processes),
+               **evaluation_metrics(out.logits, out.labels, class_names)}
+    tables = {}
+    if cfg.outliers:
+        tables = compute_outliers(accelerator, loaded.model, manifest, cfg.split, cfg.centroids, data_cfg,
+                                  out, class_names)
+    if main:  # the other ranks are done: nothing here can make them wait
+        write_outputs(Path(cfg.out), cfg, manifest, summary, tables, class_names)
+        print_summary(console, summary, cfg.split, cfg.worst)
+        console.print(f"wrote {Path(cfg.out) / 'metrics.json'} and the reports beside it")
+    accelerator.end_training()
+    return summary
+
+
+def describe_run(cfg: EvalConfig, loaded: LoadedModel, data_cfg: DataConfig, manifest: Manifest,
+                 out: EvalOutputs, world_size: int) -> dict[str, Any]:
+    """What was evaluated: checkpoint, split and sample counts (the head of metrics.json)."""
+    return {"checkpoint": cfg.checkpoint, "checkpoint_kind": loaded.kind, "checkpoint_path": loaded.path,
+            "checkpoint_step": loaded.step, "weights": loaded.weights, "shards": str(cfg.shards),
+            "split": cfg.split, "num_samples": len(out.keys), "manifest_samples": manifest.num_samples(cfg.split),
+            "tta": cfg.tta, "image_size": loaded.model.image_size,
+            "eval_resize": build_eval_transform(data_cfg).resize,
+            "world_size": world_size}
+
+
+def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: dict[str, Any],
+                  tables: dict, class_names: dict[str, list[str]]) -> None:
+    """metrics.json, classification_report_<task>.txt, per_class_recall_<task>.csv,
+    confusion_<task>.png (+ outliers_<task>.csv/png)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for task, m in summary["tasks"].items():
+        write_classification_report(out_dir / f"classification_report_{task}.txt", task, m, cfg.split,
+                                    cfg.checkpoint)
+        write_per_class_recall(out_dir / f"per_class_recall_{task}.csv", m)
+        plot_confusion(out_dir / f"confusion_{task}.png", m["confusion"], class_names[task],
+                       f"{task} on {cfg.split}: confusion normalised by row ({m['scored']} paintings)")
+    if tables:
+        summary["outliers"] = {"centroids": cfg.centroids, "tasks": write_outlier_files(
+            out_dir, manifest, cfg.split, tables, class_names, cfg.outlier_top)}
+    metrics = {**summary, "tasks": {t: {k: v for k, v in m.items() if k != "report"}
+                                    for t, m in summary["tasks"].items()}}
+    write_json(out_dir / "metrics.json", metrics)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (`evaluate.py`, `wikiart-evaluate`)."""
+    def command() -> int:
+        run_evaluation(parse_eval_config(argv))
+        return 0
+    return run_cli(PROG, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Load a model for evaluation or prediction from whatever the user points at.
+
+    --checkpoint best/                       save_pretrained form (config.json + model.safetensors)
+    --checkpoint user/wikiart-genre          a Hugging Face Hub repo id (same form, downloaded)
+    --checkpoint runs/x/checkpoints/step-N/  a training checkpoint: the model is rebuilt from the
+                                             run's config.json two levels up and extra.pt's class names
+    --checkpoint runs/x                      a run directory: its best/ (else its newest checkpoint)
+
+Nothing here downloads ImageNet weights: every weight comes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from safetensors.torch import load_file
+
+from . import checkpoint as ckpt
+from .config import TRAIN_SECTIONS, DataConfig, from_dict
+from .model import CNNRNNClassifier
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+RUN_CONFIG = "config.json"  # the resolved training config at the top of a run directory
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model in eval mode and where it came from."""
+    model: CNNRNNClassifier
+    kind: str                   # "pretrained", "hub" or "training-state"
+    path: str                   # the resolved directory or repo id
+    eval_resize: int | None     # the run's --eval-resize when the run's config is known
+    step: int | None = None     # optimizer step of a training checkpoint
+    weights: str = "model"      # "model" or "ema"
+
+    def describe(self) -> str:
+        step = f" step {self.step}" if self.step is not None else ""
+        return f"{self.kind} {self.path}{step} ({self.weights} weights)"
+
+
+def load_model(spec: str, *, use_ema: bool = True) -> LoadedModel:
+    """Resolve `spec` (see the module docstring); raises CheckpointError naming it."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _load_local(path, spec, use_ema)
+    if _REPO_ID.match(spec) and not spec.startswith("."):
+        return _load_hub(spec)
+    raise ckpt.CheckpointError(f"--checkpoint {spec}: no such file or directory")
+
+
+def _load_local(path: Path, spec: str, use_ema: bool) -> LoadedModel:
+    if not path.is_dir():
+        raise ckpt.CheckpointError(f"--checkpoint {spec}: not a directory")
+    if (path / ckpt.COMPLETE_MARKER).is_file() and (path / "extra.pt").is_file():
+        return _load_training_state(path, use_ema)
+    if (path / "model.safetensors").is_file() and (path / "config.json").is_file():
+        return _load_pretrained(path)
+    if (path / "best" / "model.safetensors").is_file():
+        return _load_pretrained(path / "best")
+    latest = ckpt.latest_checkpoint(path)
+    if latest is not None:
+        return _load_training_state(latest, use_ema)
+    raise ckpt.CheckpointError(f"--checkpoint {spec}: not a checkpoint (expected config.json + "
+                               f"model.safetensors, a checkpoints/step-* directory, or a run directory)")
+
+
+def _from_pretrained(name: str) -> CNNRNNClassifier:
+    # The hub mixin prints "Loading weights ..." to stdout, which would corrupt --json output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return CNNRNNClassifier.from_pretrained(name)
+
+
+def _load_pretrained(path: Path) -> LoadedModel:
+    try:
+        model = _from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001 - config/weight mismatches surface as many types
+        raise ckpt.CheckpointError(f"could not load the model in {path}: {exc}") from exc
+    return LoadedModel(model.eval(), "pretrained", str(path), _run_eval_resize(path.parent))
+
+
+def _load_hub(repo_id: str) -> LoadedModel:
+    try:
+        model = _from_pretrained(repo_id)
+    except Exception as exc:  # noqa: BLE001 - offline, 404, auth, bad files: one clear line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ckpt.CheckpointError(f"--checkpoint {repo_id}: no such local directory, and the "
+                                   f"Hugging Face Hub could not provide it ({reason})") from exc
+    return LoadedModel(model.eval(), "hub", repo_id, None)
+
+
+def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / RUN_CONFIG
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "model" in data and "data" in data else None
+
+
+def _run_eval_resize(run_dir: Path) -> int | None:
+    data = _read_run_config(run_dir)
+    return from_dict(TRAIN_SECTIONS, data)["data"].eval_resize if data else None
+
+
+def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
+    run_dir = path.parent.parent
+    data = _read_run_config(run_dir)
+    if data is None:
+        raise ckpt.CheckpointError(f"training checkpoint {path}: its run's {RUN_CONFIG} is missing or "
+                                   f"unreadable at {run_dir / RUN_CONFIG}")
+    cfg = from_dict(TRAIN_SECTIONS, data)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        # Only the weights and extra.pt: the optimizer state (2x the model) is not needed here.
+        weights = load_file(str(path / "model.safetensors"))
+        extra = torch.load(path / "extra.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ckpt.CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
+    if not extra.get("class_names"):
+        raise ckpt.CheckpointError(f"checkpoint {path}: extra.pt has no class names")
+    kind = "model"
+    if use_ema and "ema" in extra:
+        weights, kind = extra["ema"]["shadow"], "ema"
+    # The weights come from the checkpoint: never load ImageNet weights on top.
+    model_cfg = dataclasses.replace(cfg["model"], pretrained=False, pretrained_path=None)
+    model = CNNRNNClassifier.from_config(model_cfg, extra["class_names"], cfg["data"].image_size)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of {run_dir / RUN_CONFIG}: "
+                                   f"{str(exc).splitlines()[0]}") from exc
+    return LoadedModel(model.eval(), "training-state", str(path), cfg["data"].eval_resize,
+                       step=int(state.get("step", 0)), weights=kind)
+
+
+def eval_data_config(loaded: LoadedModel, shards: str, batch_size: int, workers: int,
+                     eval_resize: int | None = None) -> DataConfig:
+    """The DataConfig of the eval stream: the model's image size, the run's eval resize."""
+    heads = loaded.model.tasks
+    task = heads[0] if len(heads) == 1 else "combined"
+    return DataConfig(task=task, shards=shards, image_size=loaded.model.image_size,
+                      eval_resize=eval_resize or loaded.eval_resize, batch_size=batch_size,
+                      eval_batch_size=batch_size, workers=workers)
+
+
+def input_normalizer(model: CNNRNNClassifier) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Re-normalise ImageNet-normalised batches (what the transforms produce) to the model's
+    own mean/std; None when they are the ImageNet values (the usual case: no extra work)."""
+    if tuple(model.mean) == tuple(IMAGENET_MEAN) and tuple(model.std) == tuple(IMAGENET_STD):
+        return None
+    scale = torch.tensor(IMAGENET_STD) / torch.tensor(model.std)
+    shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(model.mean)) / torch.tensor(model.std)
+
+    def renormalize(x: torch.Tensor) -> torch.Tensor:
+        return x * scale.view(1, 3, 1, 1).to(x) + shift.view(1, 3, 1, 1).to(x)
+    return renormalize
+
+
+def renormalized(loader: Iterable[dict[str, Any]],
+                 renorm: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[dict[str, Any]]:
+    """The loader's batches with `renorm` (from `input_normalizer`) applied to the images."""
+    for batch in loader:
+        if renorm is not None:
+            batch["image"] = renorm(batch["image"])
+        yield batch
