@@ -415,3 +415,27 @@ def test_only_the_main_rank_pushes_under_ddp(tmp_path, synthetic_shards):
     assert calls and len({c["pid"] for c in calls}) == 1 and {c["thread"] for c in calls} == {"wikiart-hub-push"}
     (row,) = rows(tmp_path / "ddp", "hub")
     assert row["status"] == "pushed" and row["step"] == 4
+
+
+@pytest.mark.slow
+def test_evaluate_push_to_hub_updates_the_card_with_the_evaluation(tmp_path, trained_run, synthetic_shards):
+    store = tmp_path / "store"
+    out = tmp_path / "eval"
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(trained_run / "best"),
+           "--shards", str(synthetic_shards), "--out", str(out), "--workers", "0", "--push-to-hub", REPO]
+    proc = subprocess.run(cmd, cwd=ROOT, env=double_env(store), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    card = ModelCard((store / "remote" / REPO / "README.md").read_text())
+    top1 = metrics["tasks"]["genre"]["top1"]
+    assert f"{top1:.4f}" in card.text and "joint_exact_match" in card.text
+    assert "`val` split" in card.text and card.data.library_name == "wikiart"
+    assert_no_token(out, store, text=proc.stdout + proc.stderr)
+
+
+def test_evaluate_rejects_a_bad_repo_id_before_any_work(tmp_path, synthetic_shards, token):
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(tmp_path / "none"),
+           "--shards", str(synthetic_shards), "--out", str(tmp_path / "eval"), "--push-to-hub", "bad//id"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "bad//id" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "eval").exists()

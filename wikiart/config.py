@@ -408,6 +408,8 @@ class EvalConfig:
                          "'eval' (the scored split)", choices=("train", "eval"))
     outlier_top: int = opt(24, "paintings on each outlier contact sheet", min=1)
     worst: int = opt(10, "worst classes listed per task", min=1)
+    push_to_hub: str | None = opt(None, "Hub repo id whose model card gets these metrics")
+    hub_private: bool = opt(False, "create that Hub repo private if it does not exist")
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ from .data import build_eval_data
 from .engine import EvalOutputs, evaluate
 from .evaluation_checkpoint import LoadedModel, eval_data_config, input_normalizer, load_model, renormalized
 from .evaluation_outliers import compute_outliers, write_outlier_files
+from .hub import HubError, check_repo_id, check_token, push_eval_card
 from .manifest import Manifest, load_manifest
 from .metrics import evaluation_metrics
 from .report import (plot_confusion, print_summary, write_classification_report, write_json,
@@ -67,6 +68,9 @@ def score_split(accelerator: Accelerator, model: torch.nn.Module, manifest: Mani
 
 def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
     """Score, compute metrics (and outliers), write the outputs; returns the metrics on every rank."""
+    if cfg.push_to_hub:  # a bad repo id or a missing token fails before any work
+        check_repo_id(cfg.push_to_hub)
+        check_token()
     accelerator = build_eval_accelerator(cfg.mixed_precision)
     manifest = load_manifest(cfg.shards)
     loaded = load_checked_model(cfg, manifest)
@@ -90,8 +94,21 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
         write_outputs(Path(cfg.out), cfg, manifest, summary, tables, class_names)
         print_summary(console, summary, cfg.split, cfg.worst)
         console.print(f"wrote {Path(cfg.out) / 'metrics.json'} and the reports beside it")
+        if cfg.push_to_hub:
+            url = push_eval_card(cfg.push_to_hub, card_metrics(summary), split=cfg.split, step=loaded.step,
+                                 model_config=loaded.model.hub_config(), manifest=manifest,
+                                 private=cfg.hub_private)
+            console.print(f"updated the model card of {cfg.push_to_hub}: {url}")
     accelerator.end_training()
     return summary
+
+
+def card_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers for the model card table (no per-class rows or matrices)."""
+    keys = ("top1", "top5", "macro_f1", "weighted_f1", "loss", "scored")
+    card = {task: {k: m[k] for k in keys if k in m} for task, m in summary["tasks"].items()}
+    card.update({k: v for k, v in summary.get("combined", {}).items() if isinstance(v, (int, float))})
+    return card
 
 
 def describe_run(cfg: EvalConfig, loaded: LoadedModel, data_cfg: DataConfig, manifest: Manifest,
@@ -129,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         run_evaluation(parse_eval_config(argv))
         return 0
-    return run_cli(PROG, command)
+    return run_cli(PROG, command, extra_errors=(HubError,))
 
 
 if __name__ == "__main__":

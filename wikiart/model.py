@@ -92,6 +92,10 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
             head_dropout=head_dropout, use_rnn=use_rnn, image_size=self.image_size,
             mean=list(self.mean), std=list(self.std))
 
+    def hub_config(self) -> dict:
+        """What save_pretrained writes to config.json (architecture, classes, preprocessing)."""
+        return dict(self._hub_mixin_config)
+
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, class_names: Mapping[str, Sequence[str]],
                     image_size: int) -> "CNNRNNClassifier":
