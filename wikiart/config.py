@@ -339,7 +339,8 @@ class TrainConfig:
     epochs: int = opt(10, "training epochs", min=1)
     max_steps: int | None = opt(None, "stop after this many optimizer steps (none: epochs decide)", min=1)
     grad_accum: int = opt(1, "gradient accumulation micro-batches per optimizer step", min=1)
-    mixed_precision: str = opt("no", "mixed precision", choices=("no", "fp16", "bf16"))
+    mixed_precision: str | None = opt(None, "mixed precision: no, fp16 or bf16 (default: the accelerate "
+                                      "launch config's, else no)", choices=("no", "fp16", "bf16"))
     seed: int = opt(0, "random seed (data order, init, augmentation)")
     resume: str | None = opt(None, "resume: 'auto' (newest checkpoint in --out), 'hub' (the "
                                  "training state pushed to --push-to-hub), or a checkpoint path")
@@ -401,7 +402,8 @@ class EvalConfig:
                                   "run's setting, else image size * 13/12", min=1)
     tta: str = opt("none", "test-time augmentation: 'flip' averages the logits of each image and "
                    "its mirror image", choices=("none", "flip"))
-    mixed_precision: str = opt("no", "mixed precision", choices=("no", "fp16", "bf16"))
+    mixed_precision: str | None = opt(None, "mixed precision: no, fp16 or bf16 (default: the accelerate "
+                                      "launch config's, else no)", choices=("no", "fp16", "bf16"))
     ema: bool = opt(True, "training checkpoints: use their EMA weights when they hold some")
     outliers: bool = opt(False, "rank suspicious paintings (possible label errors) per task")
     centroids: str = opt("train", "split the outlier class centroids come from: 'train', or "

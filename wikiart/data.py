@@ -29,7 +29,8 @@ import dataclasses
 import itertools
 import math
 import os
-from typing import Any, Iterator, Sequence
+import signal
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -202,7 +203,16 @@ def _loader(dataset: IterableDataset, workers: int) -> DataLoader:
     # come from - and shift - the trainer's global RNG on every epoch.
     return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=_ignore_stop_signals if workers else None)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """SLURM signals every process of a job step, loader workers included; PyTorch's worker
+    handler would die on SIGTERM and crash the rank before it can save. The main process
+    handles the stop (wikiart.preemption) and ends its workers itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _shards(manifest: Manifest, split: str, task: str) -> _Shards:

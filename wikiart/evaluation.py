@@ -12,15 +12,12 @@ the manifest is refused before anything is written.
 
 from __future__ import annotations
 
-import datetime
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
 from rich.console import Console
 
 from .cli import run_cli
@@ -34,18 +31,10 @@ from .manifest import Manifest, load_manifest
 from .metrics import evaluation_metrics
 from .report import (plot_confusion, print_summary, write_classification_report, write_json,
                      write_per_class_recall)
-from .training import check_class_names
+from .training import check_class_names, make_accelerator
 from .transforms import build_eval_transform
 
 PROG = "evaluate.py"
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
-
-
-def build_eval_accelerator(mixed_precision: str) -> Accelerator:
-    """An Accelerator for scoring; CPU ranks launched by torchrun get a gloo group."""
-    cpu_ddp = not torch.cuda.is_available() and "LOCAL_RANK" in os.environ
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu_ddp,
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])
 
 
 def load_checked_model(cfg: EvalConfig, manifest: Manifest) -> LoadedModel:
@@ -71,7 +60,7 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
     if cfg.push_to_hub:  # a bad repo id or a missing token fails before any work
         check_repo_id(cfg.push_to_hub)
         check_token()
-    accelerator = build_eval_accelerator(cfg.mixed_precision)
+    accelerator = make_accelerator(cfg.mixed_precision)
     manifest = load_manifest(cfg.shards)
     loaded = load_checked_model(cfg, manifest)
     loaded.model.to(accelerator.device)

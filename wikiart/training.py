@@ -20,8 +20,8 @@ from accelerate.utils import InitProcessGroupKwargs
 
 from . import checkpoint as ckpt
 from .config import DataConfig, to_dict
-from .data import build_eval_data, build_train_data
-from .engine import LoopContext, NonFiniteLossError, evaluate, train_one_epoch
+from .data import build_eval_data
+from .engine import LoopContext, evaluate
 from .hub import HubSync, check_hub_config, resolve_hub_resume
 from .labels import BASE_TASKS, heads_for_task
 from .manifest import Manifest, load_manifest
@@ -40,15 +40,19 @@ class RunDirError(RuntimeError):
     """The output directory holds another run, or cannot be used."""
 
 
+def make_accelerator(mixed_precision: str, log_with: str | None = None,
+                     project_dir: str | None = None) -> Accelerator:
+    """An Accelerator with an explicit collective timeout (a dead rank makes the others fail,
+    not hang forever). Launched by torchrun on a machine without CUDA, Accelerate only forms a
+    gloo group when told to use the CPU; otherwise every rank silently runs alone."""
+    cpu_ddp = not torch.cuda.is_available() and "LOCAL_RANK" in os.environ
+    return Accelerator(mixed_precision=mixed_precision, log_with=log_with, project_dir=project_dir,
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)], cpu=cpu_ddp)
+
+
 def build_accelerator(cfg: dict[str, Any]) -> Accelerator:
     train = cfg["train"]
-    # An explicit collective timeout: a dead rank makes the others fail, not hang forever.
-    kwargs = [InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)]
-    # Launched by torchrun on a machine without CUDA: Accelerate only forms a gloo group when
-    # told to use the CPU (otherwise every rank silently runs alone).
-    cpu_ddp = not torch.cuda.is_available() and "LOCAL_RANK" in os.environ
-    return Accelerator(mixed_precision=train.mixed_precision, log_with=train.report_to,
-                       project_dir=train.out, kwargs_handlers=kwargs, cpu=cpu_ddp)
+    return make_accelerator(train.mixed_precision, train.report_to, train.out)
 
 
 def prepare_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
@@ -167,7 +171,7 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
         grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
         eta_min=optim_cfg.eta_min, seed=train.seed,
-        stop_on_nonfinite=train.mixed_precision != "fp16", ema=ema,
+        stop_on_nonfinite=accelerator.mixed_precision != "fp16", ema=ema,
         channels_last=cfg["model"].channels_last)
     if train.report_to:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
