@@ -147,3 +147,27 @@ def test_out_dir_holding_another_run_is_refused_without_resume_or_overwrite(synt
                      check=False)
     assert proc.returncode == 1 and "already holds a run" in proc.stderr
     assert (out / "config.json").read_text() == "{}"  # nothing overwritten
+
+
+def test_non_finite_loss_stops_with_the_step_named_and_saves_nothing(synthetic_shards, tmp_path):
+    out = tmp_path / "nan"
+    proc = run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre",
+                      "--max-steps", "8", "--log-every", "4", "--workers", "0", "--lr", "1e30",
+                      "--backbone-lr", "1e30", "--clip-grad", "none", *TINY], check=False)
+    assert proc.returncode == 1
+    assert "non-finite at optimizer step" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "checkpoints").exists() and not (out / "best").exists()
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_and_ema_are_checkpointed_and_ema_weights_are_best(synthetic_shards, tmp_path):
+    out = tmp_path / "accum"
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--max-steps", "3",
+               "--grad-accum", "2", "--ema-decay", "0.5", "--workers", "0", *TINY])
+    state, model, _, extra = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
+    assert state.step == 3 and state.batch_in_epoch == 6  # 2 micro-batches per optimizer step
+    assert extra["ema"]["num_updates"] == 3
+    best = load_file(str(out / "best" / "model.safetensors"))
+    shadow = extra["ema"]["shadow"]
+    assert all(torch.equal(best[k], shadow[k]) for k in best)      # best/ holds the EMA weights
+    assert any(not torch.equal(model[k], shadow[k]) for k in best)  # which differ from the raw ones
