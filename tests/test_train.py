@@ -171,3 +171,16 @@ def test_gradient_accumulation_and_ema_are_checkpointed_and_ema_weights_are_best
     shadow = extra["ema"]["shadow"]
     assert all(torch.equal(best[k], shadow[k]) for k in best)      # best/ holds the EMA weights
     assert any(not torch.equal(model[k], shadow[k]) for k in best)  # which differ from the raw ones
+
+
+def test_report_to_tensorboard_writes_the_logged_scalars(synthetic_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "tb"
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--max-steps", "2",
+               "--log-every", "1", "--workers", "0", "--report-to", "tensorboard", *TINY])
+    events = EventAccumulator(str(out / "wikiart")).Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    logged = [r["loss"] for r in metrics_rows(out, "train")]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert losses == pytest.approx(logged, rel=1e-6)
+    assert "val/genre/top1" in events.Tags()["scalars"]
