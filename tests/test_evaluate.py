@@ -144,14 +144,15 @@ def evaluate_one_thread(args: list[str]) -> int:
 
 @pytest.mark.slow
 def test_two_ranks_give_exactly_the_numbers_of_one(trained_run, synthetic_shards, evaluated, tmp_path, capsys):
-    # Batch 10 splits 101 paintings at 50 | 51 on 2 ranks and at multiples of 10 on one: the same
-    # batches, so even the float logits agree bit for bit (a conv's rounding depends on its batch).
-    common = ["--checkpoint", str(trained_run), "--shards", str(synthetic_shards), "--batch-size", "10",
-              "--workers", "1", "--tta", "flip", "--outliers", "--outlier-top", "4"]
-    two = launch_two_ranks([*common, "--out", str(tmp_path / "two")])
+    # Readers take whole batches (batch i = paintings [16i, 16i+16) for any world size and worker
+    # count), so even the float logits agree bit for bit (a conv's rounding depends on its batch):
+    # 101 paintings = 7 batches over 2 ranks x 2 workers here, over 1 worker in the single run.
+    common = ["--checkpoint", str(trained_run), "--shards", str(synthetic_shards), "--batch-size", "16",
+              "--tta", "flip", "--outliers", "--outlier-top", "4"]
+    two = launch_two_ranks([*common, "--workers", "2", "--out", str(tmp_path / "two")])
     assert "world size 2" in two.stdout and two.stdout.count("val metrics") == 1  # only rank 0 prints
     capsys.readouterr()
-    assert evaluate_one_thread([*common, "--out", str(tmp_path / "one")]) == 0
+    assert evaluate_one_thread([*common, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
     assert "world size 1" in capsys.readouterr().out
     a, b = strict_json(tmp_path / "one" / "metrics.json"), strict_json(tmp_path / "two" / "metrics.json")
     assert (a.pop("world_size"), b.pop("world_size")) == (1, 2)

@@ -170,10 +170,17 @@ class EvalStream(IterableDataset):
         self.transform = build_eval_transform(cfg)
 
     def reader_range(self, worker: int, workers: int) -> tuple[int, int]:
-        """[start, end) of the split read by this rank's `worker`."""
+        """[start, end) of the split read by this rank's `worker`.
+
+        Readers get whole batches (batch i is always samples [i*B, (i+1)*B)), so every batch
+        holds the same images whatever the world size and worker count: the logits, and so
+        every metric, are bit-identical to a single-process evaluation.
+        """
         readers, reader = self.world_size * workers, self.rank * workers + worker
-        n = self.shards.total
-        return n * reader // readers, n * (reader + 1) // readers
+        n, size = self.shards.total, self.batch_size
+        batches = -(-n // size)
+        first, last = batches * reader // readers, batches * (reader + 1) // readers
+        return min(first * size, n), min(last * size, n)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         sh = self.shards
