@@ -63,16 +63,16 @@ def test_single_process_run_writes_checkpoint_best_and_metrics(synthetic_shards,
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(synthetic_shards, tmp_path):
     common = ["--shards", str(synthetic_shards), "--task", "genre", "--epochs", "2", "--workers", "2",
-              "--seed", "3", *TINY]
+              "--seed", "3", *TINY, "--batch-size", "16"]  # 24 steps per epoch
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_train([*common, "--out", str(straight)])
-    proc = run_train([*common, "--out", str(resumed), "--stop-at-step", "5"], check=False)
+    proc = run_train([*common, "--out", str(resumed), "--stop-at-step", "30"], check=False)
     assert proc.returncode == 75, proc.stderr[-3000:]  # stopped, resumable
     stopped = ckpt.load_checkpoint(ckpt.latest_checkpoint(resumed))[0]
-    assert stopped.step == 5 and not stopped.finished and stopped.batch_in_epoch > 0  # mid-epoch
+    assert (stopped.step, stopped.epoch, stopped.batch_in_epoch) == (30, 1, 6) and not stopped.finished
     assert "resume with --resume auto" in proc.stdout
     proc = run_train([*common, "--out", str(resumed), "--resume", "auto"])
-    assert "resuming from" in proc.stdout and "step 5" in proc.stdout
+    assert "resuming from" in proc.stdout and "step 30" in proc.stdout
     a, b = final_weights(straight), final_weights(resumed)
     assert a.keys() == b.keys()
     for name in a:
