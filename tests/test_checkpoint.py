@@ -80,3 +80,27 @@ def test_optimizer_file_loads_with_weights_only(tmp_path):
     torch.save({"x": Evil()}, path / "optimizer.pt", _use_new_zipfile_serialization=True)
     with pytest.raises(ckpt.CheckpointError):
         ckpt.load_checkpoint(path)
+
+
+def test_resaving_a_step_never_loses_the_only_copy(tmp_path, monkeypatch):
+    """keep_last=1 and the same step saved twice (epoch-end save after a periodic save): a crash
+    between the two renames of the swap must still leave step 7 resumable."""
+    _save(tmp_path, 7, keep=1, value=1.0)
+    real_replace = ckpt.os.replace
+    calls = []
+
+    def crash_on_second_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error (simulated crash)")
+        return real_replace(src, dst)
+    monkeypatch.setattr(ckpt.os, "replace", crash_on_second_rename)
+    with pytest.raises(ckpt.CheckpointError):
+        _save(tmp_path, 7, keep=1, value=2.0)
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step-00000007"
+    assert float(ckpt.load_checkpoint(latest)[1]["w"][0]) == 1.0  # the old copy, intact
+    _save(tmp_path, 7, keep=1, value=2.0)
+    assert [p.name for p in ckpt.checkpoint_root(tmp_path).iterdir()] == ["step-00000007"]
+    assert float(ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))[1]["w"][0]) == 2.0

@@ -51,11 +51,23 @@ def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 
 
+def _recover_swaps(root: Path) -> None:
+    """A crash between the two renames of `replace_directory` leaves `step-X.old` (complete)
+    without `step-X`: put it back, so a re-save never loses the only copy of a step."""
+    for old in root.glob("step-*.old"):
+        final = old.with_name(old.name[:-len(".old")])
+        if final.exists() or not (old / COMPLETE_MARKER).is_file():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+
+
 def list_complete(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
+    _recover_swaps(root)
     found = [p for p in root.iterdir()
              if _STEP_DIR.match(p.name) and (p / COMPLETE_MARKER).is_file()]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
@@ -80,6 +92,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model_state: dict[st
     tmp = root / f"{final.name}.tmp-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
+        _recover_swaps(root)
         _remove_stale_temporaries(root)
         tmp.mkdir()
         save_file(_state_dict_for_safetensors(model_state), str(tmp / "model.safetensors"))
@@ -88,9 +101,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model_state: dict[st
         (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state), indent=1))
         _fsync_dir_files(tmp)
         (tmp / COMPLETE_MARKER).write_text("ok\n")
-        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_directory(tmp, final)  # a re-save of the same step keeps the old copy until the swap
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {final}: {exc.strerror or exc} "
@@ -101,7 +112,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model_state: dict[st
 
 def _remove_stale_temporaries(root: Path) -> None:
     for p in root.iterdir():
-        if ".tmp-" in p.name:
+        if ".tmp-" in p.name:  # left by a crash mid-write
             shutil.rmtree(p, ignore_errors=True)
 
 

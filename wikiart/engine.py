@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -41,7 +41,6 @@ class LoopContext:
     mixer: Mixer
     freeze: FreezePlan
     heads: tuple[str, ...]
-    num_classes: dict[str, int]
     smoothing: float
     task_weights: dict[str, float]
     clip_grad: float | None
@@ -69,6 +68,7 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     torch.manual_seed(step_seed(ctx.seed, state.step, acc.process_index))  # dropout
     ctx.optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=acc.device)
+    parts_sum: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         images, labels = _to_device(batch, ctx.heads, acc.device, ctx.channels_last)
         images, targets, _ = ctx.mixer(images, labels, generator)
@@ -78,6 +78,8 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
             loss, parts = multitask_loss(model(images), targets, ctx.smoothing, ctx.task_weights)
             acc.backward(loss / len(micro_batches))
         total += loss.detach() / len(micro_batches)
+        for task, value in parts.items():
+            parts_sum[task] = parts_sum.get(task, 0) + value / len(micro_batches)
     ctx.freeze.zero_frozen_grads(model.parameters(), state.epoch)
     grad_norm = None
     if ctx.clip_grad is not None:
@@ -86,7 +88,7 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     ctx.optimizer.step()
     if ctx.ema is not None and not ctx.optimizer.step_was_skipped:
         ctx.ema.update(acc.unwrap_model(model))
-    out = {"loss": total, **{f"loss_{t}": v for t, v in parts.items()}}
+    out = {"loss": total, **{f"loss_{t}": v for t, v in parts_sum.items()}}
     if grad_norm is not None:
         out["grad_norm"] = torch.as_tensor(grad_norm).detach()
     return out
@@ -122,14 +124,6 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable[dict[str, Any]], state: T
             return
 
 
-def check_finite(metrics: dict[str, torch.Tensor], step: int) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(f"training loss is {loss} at optimizer step {step}; stopping "
-                                 f"without saving (lower the learning rate, check the data, or "
-                                 f"use --mixed-precision bf16 instead of fp16)")
-
-
 @dataclasses.dataclass
 class EvalOutputs:
     """Everything evaluation gathered, deduplicated by key, ordered by key."""
@@ -162,7 +156,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[
     """
     net = accelerator.unwrap_model(model)
     sync_buffers(accelerator, net)
-    was_training = net.training
+    modes = {m: m.training for m in net.modules()}  # frozen BN layers stay in eval afterwards
     net.eval()
     heads = tuple(heads)
     rows: list[tuple[str, dict[str, np.ndarray], dict[str, int], np.ndarray | None]] = []
@@ -180,16 +174,20 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[
             rows.append((key, {t: cpu_logits[t][i] for t in heads},
                          {t: int(labels[t][i]) for t in heads},
                          cpu_feats[i] if cpu_feats is not None else None))
-    net.train(was_training)
+    for module, training in modes.items():
+        module.training = training
     gathered = gather_object(rows) if accelerator.num_processes > 1 else rows
     return _dedupe(gathered, heads, expected)
 
 
 def _dedupe(rows: list, heads: tuple[str, ...], expected: int | None) -> EvalOutputs:
     by_key = {row[0]: row for row in rows}
-    if expected is not None and len(by_key) != expected:
+    if expected is not None and len(by_key) > expected:
         raise RuntimeError(f"evaluation scored {len(by_key)} distinct samples but the manifest "
                            f"lists {expected}; the shards and the manifest disagree")
+    if expected is not None and len(by_key) < expected:  # corrupt samples, skipped and counted
+        warnings.warn(f"evaluation scored {len(by_key)} of the {expected} samples the manifest lists "
+                      f"({expected - len(by_key)} unreadable); run wikiart-build-shards --verify")
     keys = sorted(by_key)
     logits = {t: np.stack([by_key[k][1][t] for k in keys]) if keys else np.zeros((0, 0), np.float32)
               for t in heads}

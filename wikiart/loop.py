@@ -115,6 +115,7 @@ def fit(job: Job) -> dict[str, Any]:
                                  f"checkpoint saved, resume with --resume auto")
                 if job.hub is not None:
                     job.hub.finish(job)  # push the saved state, wait (bounded) for the upload
+                acc.end_training()
                 return {"stopped_at_step": state.step, "exit_code": EXIT_PREEMPTED}
             if state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0

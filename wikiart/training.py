@@ -1,7 +1,5 @@
-"""Setting up and running a training job (what `train.py` calls).
-
-`build_*` functions set up the pieces from the resolved config; `fit` runs epochs, evaluates,
-keeps `best/` and writes checkpoints. The step itself lives in `wikiart.engine`.
+"""Setting up a training job: accelerator, run directory, model, optimizer, resume, and the
+save/validate actions the loop calls (`wikiart.loop` runs the epochs; `wikiart.engine` the step).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from accelerate.utils import InitProcessGroupKwargs
 
 from . import checkpoint as ckpt
 from .config import DataConfig, to_dict
-from .data import build_eval_data
+from .data import build_eval_data, train_batches_per_rank
 from .engine import LoopContext, evaluate
 from .hub import HubSync, check_hub_config, resolve_hub_resume
 from .labels import BASE_TASKS, heads_for_task
@@ -133,7 +131,7 @@ def freeze_stem_for(cfg: dict[str, Any]) -> bool:
 
 
 def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_accum: int) -> int:
-    batches = max(1, manifest.num_samples("train") // (world * data.batch_size))
+    batches = train_batches_per_rank(manifest.num_samples("train"), world, data.batch_size)
     steps = batches // grad_accum
     if steps < 1:
         raise ValueError(f"--grad-accum {grad_accum} is larger than the {batches} batches per epoch")
@@ -167,7 +165,7 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         mixer=Mixer(optim_cfg.mixup_p, optim_cfg.mixup_alpha, optim_cfg.cutmix_p, optim_cfg.cutmix_alpha,
                     num_classes=num_classes),
         freeze=FreezePlan(model, freeze_stem_for(cfg), optim_cfg.unfreeze_epoch),
-        heads=heads, num_classes=num_classes, smoothing=optim_cfg.label_smoothing,
+        heads=heads, smoothing=optim_cfg.label_smoothing,
         task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
         grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
         eta_min=optim_cfg.eta_min, seed=train.seed,
