@@ -184,3 +184,25 @@ def test_report_to_tensorboard_writes_the_logged_scalars(synthetic_shards, tmp_p
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     assert losses == pytest.approx(logged, rel=1e-6)
     assert "val/genre/top1" in events.Tags()["scalars"]
+
+
+def test_bf16_mixed_precision_trains_through_accelerate(synthetic_shards, tmp_path):
+    out = tmp_path / "bf16"
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--max-steps", "2",
+               "--log-every", "1", "--workers", "0", "--mixed-precision", "bf16", *TINY])
+    losses = [r["loss"] for r in metrics_rows(out, "train")]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+    assert json.loads((out / "config.json").read_text())["train"]["mixed_precision"] == "bf16"
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0].step == 2
+
+
+def test_compile_falls_back_to_eager_when_the_compiler_fails(monkeypatch, capsys):
+    """`--compile` never stops a run: a compiler that cannot start leaves the eager model."""
+    from wikiart.training import compile_model
+
+    def broken_compile(model, **kwargs):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = torch.nn.Linear(2, 2)
+    assert compile_model(model) is model
+    assert "running eagerly" in capsys.readouterr().out
