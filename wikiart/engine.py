@@ -161,7 +161,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[
     heads = tuple(heads)
     rows: list[tuple[str, dict[str, np.ndarray], dict[str, int], np.ndarray | None]] = []
     for batch in loader:
-        images, labels = _to_device(batch, heads, accelerator.device)
+        images = batch["image"].to(accelerator.device, non_blocking=True)
         with accelerator.autocast():
             feats = net.embed(images)
             logits = net.classify(feats)
@@ -169,10 +169,11 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[
                 flipped = net.classify(net.embed(torch.flip(images, dims=[3])))
                 logits = {t: (logits[t] + flipped[t]) / 2 for t in logits}
         cpu_logits = {t: logits[t].float().cpu().numpy() for t in heads}
+        cpu_labels = {t: batch["labels"][t].tolist() for t in heads}  # the loader's CPU copy: no device reads
         cpu_feats = feats.float().cpu().numpy() if with_embeddings else None
         for i, key in enumerate(batch["key"]):
             rows.append((key, {t: cpu_logits[t][i] for t in heads},
-                         {t: int(labels[t][i]) for t in heads},
+                         {t: cpu_labels[t][i] for t in heads},
                          cpu_feats[i] if cpu_feats is not None else None))
     for module, training in modes.items():
         module.training = training

@@ -84,6 +84,7 @@ class FreezePlan:
         self.model = model
         self.freeze_stem = freeze_stem
         self.unfreeze_epoch = unfreeze_epoch
+        self._frozen_ids: dict[int, frozenset[int]] = {}  # per phase: computed once, used every step
 
     def phase(self, epoch: int) -> int:
         return 0 if self.unfreeze_epoch is not None and epoch < self.unfreeze_epoch else 1
@@ -107,7 +108,12 @@ class FreezePlan:
         Takes an optimizer or the parameters (the same objects under DDP); returns how many
         gradients were dropped.
         """
-        frozen = {id(p) for p in self.frozen_parameters(epoch)}
+        phase = self.phase(epoch)
+        if phase not in self._frozen_ids:
+            self._frozen_ids[phase] = frozenset(id(p) for p in self.frozen_parameters(epoch))
+        frozen = self._frozen_ids[phase]
+        if not frozen:
+            return 0
         dropped = 0
         for p in _params_of(optimizer_or_params):
             if id(p) in frozen and p.grad is not None:
