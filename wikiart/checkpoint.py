@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .faults import fault_point
+
 CHECKPOINT_DIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -96,6 +98,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model_state: dict[st
         _remove_stale_temporaries(root)
         tmp.mkdir()
         save_file(_state_dict_for_safetensors(model_state), str(tmp / "model.safetensors"))
+        fault_point("checkpoint.write")
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(extra or {}, tmp / "extra.pt")
         (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state), indent=1))

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from .checkpoint import TrainState
+from .faults import fault_point
 from .losses import multitask_loss
 from .mixing import Mixer
 from .optim import FreezePlan, ModelEMA, apply_lr
@@ -80,6 +81,7 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
         total += loss.detach() / len(micro_batches)
         for task, value in parts.items():
             parts_sum[task] = parts_sum.get(task, 0) + value / len(micro_batches)
+    fault_point("train.step")
     ctx.freeze.zero_frozen_grads(model.parameters(), state.epoch)
     grad_norm = None
     if ctx.clip_grad is not None:

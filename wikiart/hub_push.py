@@ -20,6 +20,8 @@ from typing import Any, Callable
 from huggingface_hub import get_token
 from huggingface_hub import errors as hf_errors
 
+from .faults import fault_point
+
 RETRYABLE = (hf_errors.HfHubHTTPError, ConnectionError, TimeoutError, OSError,
              getattr(hf_errors, "HTTPError", OSError))
 # Retrying cannot make a missing repo or file appear.
@@ -196,6 +198,7 @@ class HubPusher:
             if not self._repo_ready:  # created at the first push, never at start
                 api.create_repo(self.repo_id, private=self.private, exist_ok=True)
                 self._repo_ready = True
+            fault_point("hub.upload")  # the crash tests kill the process mid-push here
             return api.upload_folder(repo_id=self.repo_id, folder_path=str(snapshot.folder),
                                      commit_message=snapshot.message)
         try:
