@@ -6,7 +6,7 @@ DEMO := runs/demo
 # torch/torchvision pinned where this project is developed (files on disk); any torch>=2.4 works.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench clean
+.PHONY: demo test faults bench gpu-bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,22 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m wikiart.demo --out $(DEMO)
 
+# Tests run in parallel (one worker per core, at most 4); the SLURM tests share one worker
+# (one throwaway cluster). Single-threaded torch per test process: 2 cores do 2 tests at once.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
+
+# The fault suite alone: processes killed mid-step/-checkpoint/-push, dead and hung ranks,
+# corrupt shards, full disks, bad command lines (also part of `make test`).
+faults: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup -m faults
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.run_all
+
+# On a GPU machine: model step alone vs the full pipeline at 384 px (benchmarks/gpu.py).
+gpu-bench: $(VENV)/.installed
+	$(PY) -m benchmarks.gpu
 
 clean:
 	rm -rf runs bench_out

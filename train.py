@@ -4,7 +4,8 @@
     python train.py ...            # one process (the CPU smoke run)
 
 Exit codes: 0 finished, 75 stopped by a signal / stop file with the state saved (resume with
---resume auto), 1 a clear error (bad input, non-finite loss), 2 bad command line.
+--resume auto), 1 a clear error (bad input, non-finite loss, another rank died or hung past
+--collective-timeout), 2 bad command line.
 """
 
 import sys
@@ -12,14 +13,17 @@ import sys
 from wikiart.cli import run_cli
 from wikiart.config import parse_train_config
 from wikiart.engine import NonFiniteLossError
+from wikiart.faults import CollectiveError, collective_failures
 from wikiart.loop import train
 from wikiart.training import RunDirError
 
 
 def main() -> int:
-    result = train(parse_train_config(sys.argv[1:]))
+    cfg = parse_train_config(sys.argv[1:])
+    with collective_failures(cfg["train"].collective_timeout):  # a lost rank: one clear line, exit 1
+        result = train(cfg)
     return result.get("exit_code", 0)
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli("train.py", main, extra_errors=(RunDirError, NonFiniteLossError)))
+    sys.exit(run_cli("train.py", main, extra_errors=(RunDirError, NonFiniteLossError, CollectiveError)))

@@ -1,10 +1,18 @@
-"""Training-loader throughput: augmented 384-px samples per second per worker.
+"""Training loader vs the seed's way, and loader memory as the dataset grows 10x.
 
-Writes ~300 JPEGs with a 448-px shorter side (the production shard size) into temporary
-shards, then times decoding alone, decoding + the training augmentation in one process
-(= one worker), the real DataLoader (2 workers by default), and the eval transform.
+The seed's way: a map-style `Dataset` that opens WikiArt-sized originals (generated JPEGs with a
+long side of 1500-4000 px) with PIL and applies torchvision's RandomResizedCrop, flip,
+ColorJitter, ToTensor, Normalize and RandomErasing (the same recipe). Ours: `build_train_data`
+over shards built from the same originals by the real shard builder (448-px shorter side).
+Both through a DataLoader with the same number of workers (default 1: "per core"), batch 16,
+384 px; rates count samples after the first batch (worker start-up excluded for both).
+Our loader hands uint8 batches to the device stage (jitter, erasing, normalisation); on a
+CPU-only machine that runs in the main process, so a row with it included is shown too.
 
-    python -m benchmarks.loader [--images 300] [--workers 1 2]
+Memory: peak RSS of a loader worker reading the shards once (1x) and ten times (10x: the
+same shard files listed 10 times in the manifest).
+
+    python -m benchmarks.loader [--originals 24] [--workers 1]
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -19,102 +28,152 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
+import torchvision.transforms as T
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.shard_build import write_dataset, write_originals
 from wikiart.config import DataConfig
 from wikiart.data import build_train_data
-from wikiart.data_stream import decode_image
-from wikiart.manifest import Manifest, ShardInfo, SplitInfo, load_manifest, sha256_file
-from wikiart.transforms import build_eval_transform, build_train_transform, make_generator
+from wikiart.device_augment import DeviceAugment
+from wikiart.manifest import load_manifest
+from wikiart.shards import build_shards, parse_build_config
+from wikiart.transforms import ERASING_RATIO, ERASING_SCALE, IMAGENET_MEAN, IMAGENET_STD
+
+CFG = DataConfig(task="genre", image_size=384, batch_size=16, shuffle_buffer=64, balance="none")
 
 
-def painting(rng: np.random.Generator, w: int, h: int, grain: np.ndarray) -> bytes:
-    """A smooth random 'painting' with brush-like texture: JPEG sizes like real scans at 448 px."""
-    small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
-    img = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.float32)
-    top, left = rng.integers(0, grain.shape[0] - h + 1), rng.integers(0, grain.shape[1] - w + 1)
-    img += grain[top:top + h, left:left + w]
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def write_shards(root: Path, count: int, per_shard: int = 100) -> Manifest:
-    """`count` paintings, half portrait and half landscape, in shards of `per_shard`."""
-    rng = np.random.default_rng(0)
-    grain = rng.normal(0, 12, size=(800, 800, 3)).astype(np.float32)  # sliced per image: cheap
-    split = SplitInfo(class_counts={"genre": [0] * 10})
-    for shard_no, start in enumerate(range(0, count, per_shard)):
-        name = f"train-{shard_no:06d}.tar"
-        with wds.TarWriter(str(root / name), encoder=False) as sink:
-            for i in range(start, min(count, start + per_shard)):
-                long_side = int(rng.integers(448, 680))
-                w, h = (448, long_side) if i % 2 else (long_side, 448)
-                genre = int(rng.integers(10))
-                split.class_counts["genre"][genre] += 1
-                meta = {"key": f"p{i:05d}", "labels": {"genre": genre}, "source": "bench", "orig_size": [w, h]}
-                sink.write({"__key__": f"p{i:05d}", "jpg": painting(rng, w, h, grain),
-                            "json": json.dumps(meta).encode()})
-        split.shards.append(ShardInfo(name, min(per_shard, count - start), (root / name).stat().st_size,
-                                      sha256_file(root / name)))
-    Manifest(classes={"genre": [f"g{i}" for i in range(10)]}, splits={"train": split}).save(root)
-    return load_manifest(root)
-
-
-def raw_images(manifest: Manifest) -> list[bytes]:
+def bench_shard_images(count: int, seed: int = 0) -> list[bytes]:
+    """`count` smooth, grainy 'paintings' as JPEGs with a 448-px shorter side (shard-sized)."""
+    rng = np.random.default_rng(seed)
+    grain = rng.normal(0, 12, size=(800, 800, 3)).astype(np.float32)
     out = []
-    for path in manifest.shard_paths("train"):
-        out += [s["jpg"] for s in wds.WebDataset(path, shardshuffle=False)]
+    for i in range(count):
+        long_side = int(rng.integers(448, 680))
+        w, h = (448, long_side) if i % 2 else (long_side, 448)
+        small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.float32)
+        img += grain[:h, :w]
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
     return out
 
 
-def rate(fn, items) -> float:
-    start = time.perf_counter()
-    for i, item in enumerate(items):
-        fn(i, item)
-    return len(items) / (time.perf_counter() - start)
+class SeedDataset(Dataset):
+    """The seed's loader: decode the original with PIL, torchvision transforms per sample."""
+
+    def __init__(self, paths: list[Path], cfg: DataConfig):
+        self.paths = paths
+        self.transform = T.Compose([
+            T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.rrc_scale), ratio=tuple(cfg.rrc_ratio)),
+            T.RandomHorizontalFlip(), T.ColorJitter(*cfg.color_jitter), T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.RandomErasing(p=cfg.erasing_p, scale=ERASING_SCALE, ratio=ERASING_RATIO, value="random")])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as img:
+            return self.transform(img.convert("RGB")), 0
 
 
-def loader_rate(manifest: Manifest, cfg: DataConfig) -> float:
-    info = build_train_data(manifest, cfg, rank=0, world_size=1, epoch=0, seed=0)
-    start = time.perf_counter()
-    n = sum(len(batch["key"]) for batch in info.loader)
+def steady_rate(batches, on_batch=None) -> float:
+    """Samples/s after the first batch (start-up excluded)."""
+    start, n = None, 0
+    for batch in batches:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch["image"]
+        if on_batch is not None:
+            on_batch(batch)
+        if start is None:
+            start = time.perf_counter()
+        else:
+            n += len(images)
     return n / (time.perf_counter() - start)
 
 
-def measure(manifest: Manifest, workers: list[int]) -> list[tuple[str, int, float]]:
-    """(stage, workers, samples/s) rows."""
-    cfg = DataConfig(image_size=384, batch_size=16, shuffle_buffer=100)
-    train_t, eval_t = build_train_transform(cfg), build_eval_transform(cfg)
-    data = raw_images(manifest)
-    rows = [
-        ("decode only", 1, rate(lambda i, d: decode_image(d, train_t.decode_size), data)),
-        ("decode + train augment (384)", 1,
-         rate(lambda i, d: train_t(decode_image(d, train_t.decode_size), make_generator(i)), data)),
-        ("decode + eval transform (384)", 1,
-         rate(lambda i, d: eval_t(decode_image(d, eval_t.decode_size)), data)),
-    ]
-    for n in workers:
-        rows.append(("DataLoader train stream", n, loader_rate(manifest, replace(cfg, workers=n))))
-    return rows
+def build_bench_shards(root: Path, count: int) -> tuple[list[Path], Path]:
+    """Originals + shards built from them by the real builder; returns (original paths, shard dir)."""
+    originals = write_originals(root / "originals", count, min_long_side=1500)
+    images, csvs = write_dataset(root / "dataset", originals, 1)
+    shards = root / "shards"
+    build_shards(parse_build_config(["--out", str(shards), "--images-root", str(images), "--csv-dir", str(csvs),
+                                     "--workers", "0", "--no-progress", "--min-shards", "2",
+                                     "--min-val-shards", "1"]))
+    return [root / "originals" / rel for rel, _ in originals], shards
 
 
-def main(argv: list[str] | None = None) -> None:
+def repeated_manifest(shards: Path, out: Path, times: int) -> Path:
+    """A manifest listing every train shard `times` times (hard links): a dataset `times` larger."""
+    out.mkdir()
+    data = json.loads((shards / "manifest.json").read_text())
+    entries = []
+    for copy in range(times):
+        for shard in data["splits"]["train"]["shards"]:
+            name = f"c{copy:02d}-{shard['name']}"
+            os.link(shards / shard["name"], out / name)
+            entries.append({**shard, "name": name})
+    data["splits"]["train"]["shards"] = entries
+    counts = data["splits"]["train"]["class_counts"]
+    data["splits"]["train"]["class_counts"] = {t: [c * times for c in v] for t, v in counts.items()}
+    for shard in data["splits"].get("val", {}).get("shards", []):
+        os.link(shards / shard["name"], out / shard["name"])
+    (out / "manifest.json").write_text(json.dumps(data))
+    return out
+
+
+def worker_peak_rss_mb(shards: Path, cfg: DataConfig) -> float:
+    """Peak RSS (VmHWM) of the single loader worker after it has streamed one epoch."""
+    info = build_train_data(load_manifest(shards), replace(cfg, workers=1), rank=0, world_size=1, epoch=0, seed=0)
+    it = iter(info.loader)
+    pid = it._workers[0].pid  # noqa: SLF001 - the worker process to measure
+    peak = 0.0
+    for _ in range(info.num_batches):
+        next(it)
+        status = Path(f"/proc/{pid}/status").read_text()
+        peak = max(peak, int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 1024)
+    del it
+    return peak
+
+
+def compare(originals: list[Path], shards: Path, workers: int) -> dict[str, float]:
+    seed_loader = DataLoader(SeedDataset(originals, CFG), batch_size=CFG.batch_size, shuffle=True,
+                             num_workers=workers, generator=torch.Generator().manual_seed(0))
+    seed = steady_rate(seed_loader)
+    cfg = replace(CFG, workers=workers)
+    manifest = load_manifest(shards)
+    ours = steady_rate(build_train_data(manifest, cfg, rank=0, world_size=1, epoch=0, seed=0).loader)
+    stage = DeviceAugment.for_recipe(cfg.color_jitter, cfg.erasing_p, IMAGENET_MEAN, IMAGENET_STD)
+    with_stage = steady_rate(build_train_data(manifest, cfg, rank=0, world_size=1, epoch=1, seed=0).loader,
+                             lambda b: stage(b, torch.device("cpu"), 0))
+    return {"seed": seed, "ours": ours, "ours_with_device_stage_on_cpu": with_stage}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--workers", type=int, nargs="+", default=[2])
+    parser.add_argument("--originals", type=int, default=24, help="distinct WikiArt-sized originals")
+    parser.add_argument("--repeat", type=int, default=8, help="shard-loader epochs are this many times the originals")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # as in a DataLoader worker
-    with tempfile.TemporaryDirectory() as tmp:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="wikiart-loader-") as tmp:
+        root = Path(tmp)
         start = time.perf_counter()
-        manifest = write_shards(Path(tmp), args.images)
-        print(f"wrote {args.images} JPEGs with a 448-px shorter side in {time.perf_counter() - start:.1f} s")
-        rows = measure(manifest, args.workers)
-    print(f"\n{'stage':32s} {'workers':>7s} {'samples/s':>10s} {'per worker':>11s} {'ms/sample':>10s}")
-    for name, workers, value in rows:
-        per = value / workers
-        print(f"{name:32s} {workers:7d} {value:10.1f} {per:11.1f} {1000 / per:10.1f}")
+        originals, shards = build_bench_shards(root, args.originals)
+        print(f"wrote {len(originals)} originals and their shards in {time.perf_counter() - start:.0f} s")
+        big = repeated_manifest(shards, root / "repeat", args.repeat)  # enough batches for a steady rate
+        rates = compare(originals * 2, big, args.workers)
+        small_rss = worker_peak_rss_mb(big, CFG)
+        large_rss = worker_peak_rss_mb(repeated_manifest(shards, root / "x10", args.repeat * 10), CFG)
+    w = args.workers
+    print(f"\n| loader (384 px, batch 16, {w} worker) | samples/s | per worker | vs seed |\n|---|---|---|---|")
+    for name, key in (("seed: originals + PIL + torchvision", "seed"), ("ours: shards, uint8 batches", "ours"),
+                      ("ours + device stage on this CPU", "ours_with_device_stage_on_cpu")):
+        print(f"| {name} | {rates[key]:.1f} | {rates[key] / w:.1f} | {rates[key] / rates['seed']:.1f}x |")
+    print(f"\nloader worker peak RSS: {small_rss:.0f} MB at 1x, {large_rss:.0f} MB at 10x the dataset")
+    return {**rates, "speedup": rates["ours"] / rates["seed"], "per_worker": rates["ours"] / w,
+            "worker_rss_1x": small_rss, "worker_rss_10x": large_rss}
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ from wikiart.labels import ARTGAN_GENRES
 from wikiart.synthetic import GENRE_NAMES, make_painting
 
 
-def write_originals(root: Path, count: int, seed: int = 0) -> list[tuple[str, int]]:
-    """`count` JPEGs with a long side of 1000-4000 px; returns (relative path, genre label)."""
+def write_originals(root: Path, count: int, seed: int = 0, min_long_side: int = 1000) -> list[tuple[str, int]]:
+    """`count` JPEGs with a long side of `min_long_side`-4000 px; returns (relative path, genre label)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(count):
         painting = make_painting(i, seed=seed, max_side=640)
-        long_side = int(rng.uniform(1000, 4000))
+        long_side = int(rng.uniform(min_long_side, 4000))
         scale = long_side / max(painting.width, painting.height)
         size = (round(painting.width * scale), round(painting.height * scale))
         img = painting.render().resize(size, Image.Resampling.BILINEAR)
@@ -100,7 +100,7 @@ def run(images: Path, csvs: Path, out: Path, workers: int, short_side: int) -> d
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=80, help="distinct originals (the 1x dataset)")
     parser.add_argument("--scale", type=int, default=10, help="size of the large dataset, in multiples of 1x")
@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.measure:
         measure(*args.measure, workers=args.workers, short_side=args.short_side)
-        return
+        return {}
     if args.write_originals:
         print(json.dumps(write_originals(Path(args.write_originals), args.images)))
-        return
+        return {}
     with tempfile.TemporaryDirectory(prefix="wikiart-bench-") as tmp:
         root = Path(tmp)
         start = time.perf_counter()
@@ -135,13 +135,17 @@ def main(argv: list[str] | None = None) -> None:
             images, csvs = write_dataset(root / f"x{scale}-w{workers}", originals, scale)
             result = run(images, csvs, root / f"out-x{scale}-w{workers}", workers, args.short_side)
             rows.append((f"{scale}x", workers, result))
-        print(f"\n| dataset | images | workers | seconds | images/s | images/s/core | builder RSS MB "
-              f"| largest worker RSS MB | largest shard MB |")
+        print("\n| dataset | images | workers | seconds | images/s | images/s/core | builder RSS MB "
+              "| largest worker RSS MB | largest shard MB |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name, workers, r in rows:
             rate = r["images"] / r["seconds"]
             print(f"| {name} | {r['images']} | {workers} | {r['seconds']:.1f} | {rate:.1f} | "
                   f"{rate / max(workers, 1):.1f} | {r['main_mb']:.0f} | {r['worker_mb']:.0f} | {r['shard_mb']:.1f} |")
+    small, large = rows[1][2], rows[2][2]
+    return {"per_core": small["images"] / small["seconds"] / max(rows[1][1], 1),
+            "builder_rss_1x": small["main_mb"], "builder_rss_10x": large["main_mb"],
+            "worker_rss_1x": small["worker_mb"], "worker_rss_10x": large["worker_mb"]}
 
 
 if __name__ == "__main__":

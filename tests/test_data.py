@@ -19,6 +19,7 @@ from wikiart.config import DataConfig
 from wikiart.data import balance_task_for, build_eval_data, build_train_data
 from wikiart.data_stream import Sample, balance_weights, balanced
 from wikiart.manifest import ManifestError, load_manifest
+from wikiart.transforms import AUG_SIZE
 
 # 3 workers on a 2-core machine is deliberate here.
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -73,7 +74,9 @@ def test_every_rank_yields_the_same_number_of_full_batches(uneven, workers):
 def test_train_batch_format(uneven):
     info, batches = train_epoch(uneven, config())
     batch = batches[0]
-    assert batch["image"].dtype == torch.float32 and batch["image"].shape == (8, 3, 32, 32)
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (8, 3, 32, 32)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)  # NHWC bytes: one copy to the GPU
+    assert batch["aug"].shape == (8, AUG_SIZE) and batch["aug"].dtype == torch.float32
     assert set(batch["labels"]) == set(CLASSES)  # every task of the manifest, not only genre
     missing_artist = 0
     for b in batches:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from wikiart.config import DataConfig
 from wikiart.data import build_eval_data
+from wikiart.device_augment import Normalizer, eval_images
 from wikiart.manifest import load_manifest
 from wikiart.model import CNNRNNClassifier
 from wikiart.predict import main as predict_main
@@ -40,7 +41,7 @@ def reference_top(run: Path, shards: Path, keys: set[str], k: int = 5) -> dict[s
     found = {}
     with torch.no_grad():
         for batch in info.loader:
-            logits = model(batch["image"])
+            logits = model(eval_images(batch["image"], torch.device("cpu"), Normalizer(model.mean, model.std)))
             for i, key in enumerate(batch["key"]):
                 if key in keys:
                     found[key] = {}

@@ -1,4 +1,5 @@
-"""Train / eval transforms: shapes, normalisation, determinism per generator, recipe ranges."""
+"""Worker transforms (crop, flip, parameter draws) and the batched device stage (jitter, erasing,
+normalisation): shapes, recipe ranges, determinism, agreement with torchvision."""
 
 from __future__ import annotations
 
@@ -13,31 +14,42 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from wikiart.config import DataConfig
-from wikiart.data_stream import decode_image
-from wikiart.transforms import (IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform,
-                                color_jitter, erasing_box, make_generator, rrc_params)
+from wikiart.data_stream import collate, decode_image
+from wikiart.device_augment import (DeviceAugment, Normalizer, apply_affine, erase_boxes, eval_images,
+                                    jitter_affine)
+from wikiart.transforms import (AUG_SIZE, IDENTITY_AUG, IMAGENET_MEAN, IMAGENET_STD, build_eval_transform,
+                                build_train_transform, erasing_box, jitter_params, make_generator,
+                                rrc_params)
 
 
-def photo(w: int = 60, h: int = 44, seed: int = 0) -> Image.Image:
-    """A smooth colour image with some texture (so crops and jitter change it)."""
+def photo(w: int = 60, h: int = 44, seed: int = 0) -> np.ndarray:
+    """A smooth colour image with some texture (so crops and jitter change it), HWC uint8."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 128 / (w + h) + 60], axis=-1)
-    pixels = np.clip(base + rng.normal(0, 15, size=(h, w, 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels)
+    return np.clip(base + rng.normal(0, 15, size=(h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def small_cfg(**kw) -> DataConfig:
     return dataclasses.replace(DataConfig(image_size=32), **kw)
 
 
-def test_train_output_shape_dtype_and_normalisation():
+def as_batch_float(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img).permute(2, 0, 1)[None].float()
+
+
+def test_train_output_is_uint8_hwc_with_parameters_and_a_flat_crop_stays_flat():
     cfg = small_cfg(color_jitter=(0.0, 0.0, 0.0, 0.0), erasing_p=0.0)
-    flat = Image.new("RGB", (50, 40), (200, 100, 30))
-    x = build_train_transform(cfg)(flat, make_generator(0))
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and x.is_contiguous()
+    flat = np.full((40, 50, 3), (200, 100, 30), dtype=np.uint8)
+    image, aug = build_train_transform(cfg)(flat, make_generator(0))
+    assert image.shape == (32, 32, 3) and image.dtype == torch.uint8 and image.is_contiguous()
+    assert torch.equal(image, torch.tensor([200, 100, 30], dtype=torch.uint8).expand(32, 32, 3))
+    assert aug.shape == (AUG_SIZE,) and aug.tolist() == list(IDENTITY_AUG)
+    batch = collate(["a"], [image], [{"genre": 1}], ("genre",), [aug])
+    assert batch["image"].shape == (1, 3, 32, 32) and batch["image"].is_contiguous(memory_format=torch.channels_last)
+    x = DeviceAugment.for_recipe(cfg.color_jitter, 0.0, IMAGENET_MEAN, IMAGENET_STD)(batch, torch.device("cpu"), 0)
     want = (torch.tensor([200, 100, 30]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    assert torch.allclose(x, want.view(3, 1, 1).expand_as(x), atol=1e-5)  # crop of a flat image
+    assert x.dtype == torch.float32 and torch.allclose(x[0], want.view(3, 1, 1).expand(3, 32, 32), atol=1e-5)
 
 
 def test_train_is_deterministic_per_generator_and_leaves_global_rng_alone():
@@ -45,11 +57,12 @@ def test_train_is_deterministic_per_generator_and_leaves_global_rng_alone():
     img = photo()
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    a = t(img, make_generator(7))
+    a, a_aug = t(img, make_generator(7))
     assert torch.equal(torch.random.get_rng_state(), before)
-    assert torch.equal(a, t(img, make_generator(7)))
+    b, b_aug = t(img, make_generator(7))
+    assert torch.equal(a, b) and torch.equal(a_aug, b_aug)
     outs = [t(img, make_generator(s)) for s in range(8)]
-    assert all(not torch.equal(outs[0], o) for o in outs[1:])
+    assert len({(o[0].float().sum().item(), tuple(o[1].tolist())) for o in outs}) == 8
 
 
 def test_eval_matches_torchvision_resize_centercrop():
@@ -57,11 +70,12 @@ def test_eval_matches_torchvision_resize_centercrop():
     t = build_eval_transform(cfg)
     assert t.resize == round(32 * 416 / 384)
     img = photo(71, 53)
-    ref = T.Compose([T.Resize(t.resize), T.CenterCrop(32), T.ToTensor(),
-                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
-    out = t(img)
-    assert out.shape == (3, 32, 32) and torch.allclose(out, ref, atol=1e-5)
-    assert torch.equal(out, t(img))
+    ref = T.Compose([T.Resize(t.resize), T.CenterCrop(32), T.PILToTensor()])(Image.fromarray(img))
+    out = t(img).permute(2, 0, 1)
+    assert out.shape == (3, 32, 32) and (out.int() - ref.int()).abs().max() <= 1  # rounding only
+    x = eval_images(out[None], torch.device("cpu"), Normalizer(IMAGENET_MEAN, IMAGENET_STD))
+    want = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(out.float() / 255)
+    assert torch.allclose(x[0], want, atol=1e-5)
     assert build_eval_transform(small_cfg(eval_resize=40)).resize == 40
 
 
@@ -79,29 +93,52 @@ def test_rrc_boxes_stay_in_the_recipe_ranges():
     assert rrc_params(10, 100, scale, ratio, gen)[2:] == (10, 12)  # fallback: clamped ratio
 
 
+def jittered(img: np.ndarray, factors) -> torch.Tensor:
+    aug = torch.tensor([[*factors, 0, 0, 0, 0]], dtype=torch.float32)
+    x = as_batch_float(img)
+    return apply_affine(x, jitter_affine(aug, x.mean(dim=(2, 3)))).clamp(0, 255)[0]
+
+
 @pytest.mark.parametrize("index,fn", [(0, TF.adjust_brightness), (1, TF.adjust_contrast),
                                       (2, TF.adjust_saturation)])
-def test_color_jitter_matches_torchvision(index, fn):
+def test_each_jitter_op_matches_torchvision(index, fn):
     img = photo()
-    strengths = [0.0] * 4
-    strengths[index] = 0.3
-    out = np.asarray(color_jitter(img, strengths, make_generator(5)), dtype=float)
-    gen = make_generator(5)
-    torch.randperm(4, generator=gen)  # the op order is drawn first, as in ColorJitter
-    factor = 0.7 + 0.6 * torch.rand((), generator=gen).item()
-    ref = np.asarray(fn(img, factor), dtype=float)
-    assert np.abs(out - ref).max() <= 1.0  # rounding only
+    factors = [1.0, 1.0, 1.0, 0.0]
+    factors[index] = 1.3
+    ref = fn(torch.from_numpy(img).permute(2, 0, 1).float() / 255, 1.3) * 255
+    assert (jittered(img, factors) - ref).abs().max() < 0.05
 
 
-def test_hue_jitter_is_close_to_torchvision_hsv_shift():
+def test_hue_rotation_approximates_torchvision_hsv_shift():
     img = photo()
-    out = np.asarray(color_jitter(img, (0, 0, 0, 0.03), make_generator(2)), dtype=float)
-    gen = make_generator(2)
-    torch.randperm(4, generator=gen)
-    factor = -0.03 + 0.06 * torch.rand((), generator=gen).item()
-    ref = np.asarray(TF.adjust_hue(img, factor), dtype=float)
-    base = np.asarray(img, dtype=float)
-    assert np.abs(out - ref).mean() < 0.5 * max(np.abs(base - ref).mean(), 1.0)
+    ref = TF.adjust_hue(torch.from_numpy(img).permute(2, 0, 1), 0.03).float()
+    err = (jittered(img, [1.0, 1.0, 1.0, -2 * np.pi * 0.03]) - ref).abs().mean()
+    unchanged = (torch.from_numpy(img).permute(2, 0, 1).float() - ref).abs().mean()
+    opposite = (jittered(img, [1.0, 1.0, 1.0, 2 * np.pi * 0.03]) - ref).abs().mean()
+    assert err < 0.75 * unchanged and err < 0.35 * opposite  # right direction, similar amount
+
+
+def test_composed_jitter_equals_the_ops_applied_one_by_one_in_any_order():
+    img = photo(seed=4)
+    factors = [1.2, 0.7, 1.3, 0.2]
+    composed = jittered(img, factors)
+    for order in [(0, 1, 2, 3), (3, 2, 1, 0), (1, 3, 0, 2)]:
+        step = as_batch_float(img)
+        for op in order:
+            single = [1.0, 1.0, 1.0, 0.0]
+            single[op] = factors[op]
+            aug = torch.tensor([[*single, 0, 0, 0, 0]], dtype=torch.float32)
+            step = apply_affine(step, jitter_affine(aug, step.mean(dim=(2, 3))))  # no clamp in between
+        assert torch.allclose(composed, step[0].clamp(0, 255), atol=1e-2)
+
+
+def test_jitter_draws_follow_colorjitter_ranges_and_skip_disabled_ops():
+    gen = make_generator(1)
+    draws = [jitter_params((0.4, 0.0, 0.2, 0.05), gen) for _ in range(300)]
+    b = [f[0] for f in draws]
+    assert 0.6 <= min(b) < 0.7 and 1.3 < max(b) <= 1.4
+    assert all(f[1] == 1.0 for f in draws)                       # contrast off
+    assert max(abs(f[3]) for f in draws) <= 2 * np.pi * 0.05 + 1e-9
 
 
 def test_erasing_probability_and_box_size():
@@ -115,11 +152,39 @@ def test_erasing_probability_and_box_size():
     assert erasing_box(64, 64, 0.0, gen) is None
 
 
+def test_device_erasing_fills_exactly_the_box_with_noise_and_is_seeded():
+    x = torch.full((2, 3, 16, 16), 7.0)
+    erase_boxes(x, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0))
+    box = x[0, :, 2:6, 3:8]
+    assert (box != 7.0).all() and box.min() >= 0 and box.max() < 255 and box.std() > 20
+    x[0, :, 2:6, 3:8] = 7.0
+    assert (x == 7.0).all()  # nothing outside the box, nothing in the image without a box
+    y = torch.full((2, 3, 16, 16), 7.0)
+    erase_boxes(y, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0))
+    z = torch.full((2, 3, 16, 16), 7.0)
+    erase_boxes(z, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0))
+    assert torch.equal(y, z)
+
+
+def test_device_stage_is_deterministic_per_seed_and_keeps_channels_last():
+    cfg = small_cfg(erasing_p=1.0)
+    t = build_train_transform(cfg)
+    samples = [t(photo(seed=s), make_generator(s)) for s in range(4)]
+    batch = collate(list("abcd"), [s[0] for s in samples], [{}] * 4, (), [s[1] for s in samples])
+    stage = DeviceAugment.for_recipe(cfg.color_jitter, 1.0, IMAGENET_MEAN, IMAGENET_STD, channels_last=True)
+    a, b, c = stage(batch, torch.device("cpu"), 5), stage(batch, torch.device("cpu"), 5), stage(batch, torch.device("cpu"), 6)
+    assert a.is_contiguous(memory_format=torch.channels_last) and a.shape == (4, 3, 32, 32)
+    assert torch.equal(a, b) and not torch.equal(a, c)  # erasing noise comes from the seed
+    plain = DeviceAugment.for_recipe((0, 0, 0, 0), 0.0, IMAGENET_MEAN, IMAGENET_STD)(batch, torch.device("cpu"), 5)
+    assert not torch.allclose(a, plain)  # jitter and erasing did something
+
+
 def test_decode_uses_reduced_size_jpeg_decoding():
     buf = io.BytesIO()
-    photo(512, 400).save(buf, "JPEG", quality=90)
+    Image.fromarray(photo(512, 400)).save(buf, "JPEG", quality=90)
     data = buf.getvalue()
-    assert decode_image(data, 100).size == (128, 100)  # 1/4 scale, shorter side still >= 100
-    assert decode_image(data, 300).size == (512, 400)  # 1/2 would go below 300
+    assert decode_image(data, 100).shape == (100, 128, 3)  # 1/4 scale, shorter side still >= 100
+    assert decode_image(data, 300).shape == (400, 512, 3)  # 1/2 would go below 300
+    assert np.array_equal(decode_image(data, 300), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
     t = build_train_transform(DataConfig())
-    assert t.decode_size >= 384  # production crops are never upsampled by the draft
+    assert t.decode_size >= 384  # production crops are never upsampled by the reduced decode

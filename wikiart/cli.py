@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers its exit hook now, so ours (registered later) runs first
+import pickle
+import re
 import sys
 from typing import Callable
 
@@ -14,10 +19,33 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ManifestError, Chec
                                                 FileNotFoundError, ValueError)
 
 
+def _kill_loader_workers() -> None:
+    """Loader workers ignore SIGTERM (wikiart.data: SLURM signals every process), so when a
+    process leaves with a loader still open - an error raised mid-epoch - multiprocessing's own
+    exit hook would SIGTERM them in vain and then wait for them forever. Kill them instead."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
 def run_cli(prog: str, main: Callable[[], int | None], extra_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Call `main`; a known error prints `prog: error: message` and exits 1."""
+    atexit.unregister(_kill_loader_workers)
+    atexit.register(_kill_loader_workers)
     try:
         return int(main() or 0)
     except USER_ERRORS + extra_errors as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr, flush=True)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message as one line. A pickle that `torch.load(weights_only=True)` refused
+    (it would run code) is said to be refused, without torch's advice to retry unsafely."""
+    text, cause = str(exc), exc.__cause__
+    if isinstance(cause, pickle.UnpicklingError) and str(cause) and str(cause) in text:
+        found = re.search(r"GLOBAL ([\w.]+)", str(cause))
+        what = f" ({found.group(1)})" if found else ""
+        text = text.replace(str(cause), f"refused to unpickle a file that holds code{what} rather than "
+                                        "only tensors and plain data (never loaded unsafely)")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -26,10 +26,11 @@ class DataConfig:
     task: str = opt("genre", "what to classify", choices=TASK_CHOICES)
     shards: str = opt("shards", "directory with the WebDataset shards and manifest.json")
     image_size: int = opt(384, "training crop size in pixels", min=8)
-    eval_resize: int | None = opt(None, "eval resize of the shorter side (default: image_size * 13/12)")
+    eval_resize: int | None = opt(None, "eval resize of the shorter side (default: image_size * 13/12)", min=1)
     batch_size: int = opt(64, "per-process batch size", min=1)
-    eval_batch_size: int | None = opt(None, "per-process eval batch size (default: batch_size)")
-    workers: int = opt(4, "loader worker processes per rank", min=0)
+    eval_batch_size: int | None = opt(None, "per-process eval batch size (default: batch_size)", min=1)
+    workers: int | None = opt(None, "loader worker processes per rank (none: the cores per GPU minus one, "
+                                    "up to 12, on CUDA; 2 on the CPU)", min=0)
     shuffle_buffer: int = opt(1000, "samples in the streaming shuffle buffer", min=1)
     balance: str = opt("none", "class balancing of the training stream", choices=("none", "sqrt", "inverse"))
     balance_task: str | None = opt(None, "task to balance on for --task combined (default: style)")
@@ -52,7 +53,7 @@ class ModelConfig:
     rnn_dropout: float = opt(0.2, "dropout between GRU layers", min=0.0)
     head_dropout: float = opt(0.4, "dropout before the heads", min=0.0)
     rnn: bool = opt(True, "use the row/column BiGRU branch (--no-rnn: GAP-only ablation)")
-    channels_last: bool = opt(False, "channels_last memory format")
+    channels_last: bool | None = opt(None, "channels_last memory format (none: on for CUDA, off on the CPU)")
     compile: bool = opt(False, "torch.compile the model (falls back to eager if compiling fails)")
 
 
@@ -85,7 +86,7 @@ class TrainConfig:
     max_steps: int | None = opt(None, "stop after this many optimizer steps (none: epochs decide)", min=1)
     grad_accum: int = opt(1, "gradient accumulation micro-batches per optimizer step", min=1)
     mixed_precision: str | None = opt(None, "mixed precision: no, fp16 or bf16 (default: the accelerate "
-                                      "launch config's, else no)", choices=("no", "fp16", "bf16"))
+                                      "launch config's, else bf16 on a GPU that has it, else no)", choices=("no", "fp16", "bf16"))
     seed: int = opt(0, "random seed (data order, init, augmentation)")
     resume: str | None = opt(None, "resume: 'auto' (newest checkpoint in --out), 'hub' (the "
                                  "training state pushed to --push-to-hub), or a checkpoint path")
@@ -101,6 +102,9 @@ class TrainConfig:
     stop_check_every: int = opt(10, "optimizer steps between checks for a stop request (signal or "
                                 "stop file); the ranks all-reduce the flag there", min=1)
     progress: bool = opt(True, "rich progress bar on the main process")
+    collective_timeout: int = opt(1800, "seconds a collective (all-reduce, barrier) may wait for the other "
+                                  "ranks before the run fails instead of hanging on a dead or hung rank",
+                                  min=1)
 
 
 @dataclasses.dataclass
@@ -148,7 +152,7 @@ class EvalConfig:
     tta: str = opt("none", "test-time augmentation: 'flip' averages the logits of each image and "
                    "its mirror image", choices=("none", "flip"))
     mixed_precision: str | None = opt(None, "mixed precision: no, fp16 or bf16 (default: the accelerate "
-                                      "launch config's, else no)", choices=("no", "fp16", "bf16"))
+                                      "launch config's, else bf16 on a GPU that has it, else no)", choices=("no", "fp16", "bf16"))
     ema: bool = opt(True, "training checkpoints: use their EMA weights when they hold some")
     outliers: bool = opt(False, "rank suspicious paintings (possible label errors) per task")
     centroids: str = opt("train", "split the outlier class centroids come from: 'train', or "

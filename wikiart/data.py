@@ -40,6 +40,7 @@ from .config import DataConfig
 from .data_stream import (CorruptCounter, CorruptSample, Sample, balance_weights, balanced, collate,
                           decode_image, log, range_samples, sample_seed, seeds, shard_permutation,
                           shuffled)
+from .device_defaults import loader_workers
 from .labels import heads_for_task
 from .manifest import Manifest, ManifestError
 from .transforms import build_eval_transform, build_train_transform, make_generator
@@ -77,7 +78,7 @@ def _worker_batches(num_batches: int, workers: int, role: int) -> int:
 
 
 def _decode(sample: Sample, min_side: int, counter: CorruptCounter):
-    """Decode (reduced-size JPEG draft); None, logged and counted, if the pixels are bad."""
+    """Decode (reduced-size JPEG decoding); None, logged and counted, if the pixels are bad."""
     try:
         return decode_image(sample.image, min_side)
     except CorruptSample as exc:
@@ -147,15 +148,18 @@ class TrainStream(IterableDataset):
 
     def _batches(self, samples: Iterator[tuple[int, Sample]], reader: int,
                  readers: int) -> Iterator[dict[str, Any]]:
-        batch: list[tuple[str, torch.Tensor, dict[str, int]]] = []
+        batch: list[tuple[str, torch.Tensor, dict[str, int], torch.Tensor]] = []
+        tasks = tuple(self.shards.num_classes)
         for counter, sample in samples:
-            image = _decode(sample, self.transform.decode_size, self.counter)
-            if image is None:
+            pixels = _decode(sample, self.transform.decode_size, self.counter)
+            if pixels is None:
                 continue
             gen = make_generator(sample_seed(self.seed, self.epoch, reader, readers, counter))
-            batch.append((sample.key, self.transform(image, gen), sample.labels))
+            image, aug = self.transform(pixels, gen)
+            batch.append((sample.key, image, sample.labels, aug))
             if len(batch) == self.cfg.batch_size:
-                yield collate(*map(list, zip(*batch)), tuple(self.shards.num_classes))
+                keys, images, labels, augs = map(list, zip(*batch))
+                yield collate(keys, images, labels, tasks, augs)
                 batch = []
 
 
@@ -203,11 +207,12 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
-def _loader(dataset: IterableDataset, workers: int) -> DataLoader:
+def _loader(dataset: IterableDataset, workers: int | None) -> DataLoader:
     # Batches are built in the workers (batch_size=None). DataLoader's default in-order
     # delivery takes worker batches round-robin, which the determinism above relies on.
     # Its own generator only draws the (unused) worker base seed, which would otherwise
     # come from - and shift - the trainer's global RNG on every epoch.
+    workers = loader_workers(workers)  # None (a DataConfig used outside train.py): the default
     return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
                       generator=torch.Generator().manual_seed(0),
@@ -279,7 +284,7 @@ def build_eval_data(manifest: Manifest, split: str, cfg: DataConfig, *, rank: in
     shards = _shards(manifest, split, cfg.task)
     counter = CorruptCounter()
     stream = EvalStream(shards, cfg, rank=rank, world_size=world_size, counter=counter)
-    workers = max(1, cfg.workers)
+    workers = max(1, loader_workers(cfg.workers))
     ranges = (stream.reader_range(w, workers) for w in range(workers))
     num_batches = sum(math.ceil((end - start) / stream.batch_size) for start, end in ranges)
     return DataInfo(_loader(stream, cfg.workers), shards.total, num_batches, counter)

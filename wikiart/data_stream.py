@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
@@ -95,19 +96,31 @@ def check_image_bytes(data: bytes) -> None:
         raise CorruptSample("truncated JPEG (no end-of-image marker)")
 
 
-def decode_image(data: bytes, min_side: int) -> Image.Image:
-    """Decode to RGB; a JPEG at least twice `min_side` is decoded reduced by libjpeg (draft).
+def jpeg_reduction(width: int, height: int, min_side: int) -> int:
+    """The largest of 1, 2, 4, 8 that keeps both sides >= min_side after reduced-size decoding."""
+    factor = 1
+    while factor < 8 and min(width, height) // (factor * 2) >= min_side:
+        factor *= 2
+    return factor
 
-    Shards hold re-encoded RGB JPEGs with orientation already applied, so no EXIF handling.
-    Raises CorruptSample when the pixels cannot be decoded.
+
+def decode_image(data: bytes, min_side: int) -> np.ndarray:
+    """Decode to RGB (H, W, 3) uint8; a JPEG at least twice `min_side` is decoded reduced by
+    libjpeg-turbo's DCT scaling (1/2, 1/4, 1/8), so only the pixels the crop needs are made.
+
+    JPEGs go through simplejpeg (libjpeg-turbo straight into a numpy array, ~1.5x faster than
+    PIL's decode + convert; its "fast" DCT/upsampling saves only ~8% and shifts noisy
+    textures by ~2 levels on average, so decoding stays exact). Shards hold re-encoded RGB
+    JPEGs with orientation already applied, so no EXIF handling. Raises CorruptSample.
     """
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.format == "JPEG":
-            # draft picks the largest 1/2, 1/4, 1/8 reduction keeping both sides >= min_side.
-            img.draft("RGB", (min_side, min_side))
-        return img.convert("RGB")
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
+        if data[:2] == b"\xff\xd8":
+            height, width = simplejpeg.decode_jpeg_header(data)[:2]
+            factor = jpeg_reduction(width, height, min_side)
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-width // factor), min_height=-(-height // factor))
+        with Image.open(io.BytesIO(data)) as img:  # other formats: rare, PIL at full size
+            return np.asarray(img.convert("RGB"))
+    except Exception as exc:  # simplejpeg raises ValueError, PIL many types, on bad data
         raise CorruptSample(f"undecodable image ({exc.__class__.__name__}: {exc})") from None
 
 
@@ -227,11 +240,15 @@ def shuffled(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterato
 
 
 def collate(keys: list[str], images: list[torch.Tensor], labels: list[Mapping[str, int]],
-            tasks: Sequence[str]) -> dict:
-    """The batch dict: image (B, 3, H, W), labels {task: LongTensor (B,)}, key list."""
-    return {
-        "image": torch.stack(images),
+            tasks: Sequence[str], aug: list[torch.Tensor] | None = None) -> dict:
+    """The batch dict: image uint8 (B, 3, H, W) in channels_last layout (stacked HWC images),
+    labels {task: LongTensor (B,)}, key list, and for training "aug" (B, AUG_SIZE) parameters."""
+    batch = {
+        "image": torch.stack(images).permute(0, 3, 1, 2),
         "labels": {t: torch.tensor([lab.get(t, MISSING) for lab in labels], dtype=torch.long)
                    for t in tasks},
         "key": keys,
     }
+    if aug is not None:
+        batch["aug"] = torch.stack(aug)
+    return batch

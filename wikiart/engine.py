@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from .checkpoint import TrainState
+from .device_augment import DeviceAugment, Normalizer, eval_images
 from .faults import fault_point
 from .losses import multitask_loss
 from .mixing import Mixer
@@ -51,15 +52,13 @@ class LoopContext:
     eta_min: float
     seed: int
     stop_on_nonfinite: bool
+    augment: DeviceAugment                 # the batch's jitter / erasing / normalisation
     ema: ModelEMA | None = None
     channels_last: bool = False
 
 
-def _to_device(batch: dict[str, Any], heads: Iterable[str], device: torch.device, channels_last: bool = False):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    images = batch["image"].to(device, non_blocking=True, memory_format=fmt)
-    labels = {t: batch["labels"][t].to(device, non_blocking=True) for t in heads}
-    return images, labels
+def _labels_to_device(batch: dict[str, Any], heads: Iterable[str], device: torch.device):
+    return {t: batch["labels"][t].to(device, non_blocking=True) for t in heads}
 
 
 def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: TrainState) -> dict[str, torch.Tensor]:
@@ -71,7 +70,8 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     total = torch.zeros((), device=acc.device)
     parts_sum: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
-        images, labels = _to_device(batch, ctx.heads, acc.device, ctx.channels_last)
+        images = ctx.augment(batch, acc.device, step_seed(ctx.seed, state.step, acc.process_index) + i)
+        labels = _labels_to_device(batch, ctx.heads, acc.device)
         images, targets, _ = ctx.mixer(images, labels, generator)
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(model)
@@ -150,20 +150,21 @@ def sync_buffers(accelerator: Accelerator, net: torch.nn.Module) -> None:
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[dict[str, Any]],
              heads: Iterable[str], expected: int | None, with_embeddings: bool = False,
-             tta_flip: bool = False) -> EvalOutputs:
+             tta_flip: bool = False, channels_last: bool = False) -> EvalOutputs:
     """Score every sample exactly once across ranks; every rank returns the gathered result.
 
     Runs the unwrapped model so ranks with different batch counts never meet in a collective
     before the final gather.
     """
     net = accelerator.unwrap_model(model)
+    normalize = Normalizer(net.mean, net.std)  # the model's own input statistics
     sync_buffers(accelerator, net)
     modes = {m: m.training for m in net.modules()}  # frozen BN layers stay in eval afterwards
     net.eval()
     heads = tuple(heads)
     rows: list[tuple[str, dict[str, np.ndarray], dict[str, int], np.ndarray | None]] = []
     for batch in loader:
-        images = batch["image"].to(accelerator.device, non_blocking=True)
+        images = eval_images(batch["image"], accelerator.device, normalize, channels_last)
         with accelerator.autocast():
             feats = net.embed(images)
             logits = net.classify(feats)

@@ -23,8 +23,9 @@ from rich.console import Console
 from .cli import run_cli
 from .config import DataConfig, EvalConfig, parse_eval_config
 from .data import build_eval_data
+from .device_defaults import resolve_mixed_precision
 from .engine import EvalOutputs, evaluate
-from .evaluation_checkpoint import LoadedModel, eval_data_config, input_normalizer, load_model, renormalized
+from .evaluation_checkpoint import LoadedModel, eval_data_config, load_model
 from .evaluation_outliers import compute_outliers, write_outlier_files
 from .hub import HubError, check_repo_id, check_token, push_eval_card
 from .manifest import Manifest, load_manifest
@@ -50,9 +51,9 @@ def score_split(accelerator: Accelerator, model: torch.nn.Module, manifest: Mani
     """Logits (and embeddings) of every painting of `split`, gathered on every rank."""
     info = build_eval_data(manifest, split, data_cfg, rank=accelerator.process_index,
                            world_size=accelerator.num_processes)
-    loader = renormalized(info.loader, input_normalizer(model))
-    return evaluate(accelerator, model, loader, model.tasks, manifest.num_samples(split),
-                    with_embeddings=with_embeddings, tta_flip=tta_flip)
+    return evaluate(accelerator, model, info.loader, model.tasks, manifest.num_samples(split),
+                    with_embeddings=with_embeddings, tta_flip=tta_flip,
+                    channels_last=accelerator.device.type == "cuda")
 
 
 def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
@@ -60,10 +61,11 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
     if cfg.push_to_hub:  # a bad repo id or a missing token fails before any work
         check_repo_id(cfg.push_to_hub)
         check_token()
-    accelerator = make_accelerator(cfg.mixed_precision)
+    accelerator = make_accelerator(resolve_mixed_precision(cfg.mixed_precision))
     manifest = load_manifest(cfg.shards)
     loaded = load_checked_model(cfg, manifest)
-    loaded.model.to(accelerator.device)
+    channels_last = accelerator.device.type == "cuda"  # the GPU fast path, as in training
+    loaded.model.to(accelerator.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     main = accelerator.is_main_process
     console = console or Console(highlight=False)
     if main:

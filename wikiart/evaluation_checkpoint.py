@@ -18,7 +18,7 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -26,7 +26,6 @@ from safetensors.torch import load_file
 from . import checkpoint as ckpt
 from .config import TRAIN_SECTIONS, DataConfig, from_dict
 from .model import CNNRNNClassifier
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 RUN_CONFIG = "config.json"  # the resolved training config at the top of a run directory
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -150,25 +149,3 @@ def eval_data_config(loaded: LoadedModel, shards: str, batch_size: int, workers:
     return DataConfig(task=task, shards=shards, image_size=loaded.model.image_size,
                       eval_resize=eval_resize or loaded.eval_resize, batch_size=batch_size,
                       eval_batch_size=batch_size, workers=workers)
-
-
-def input_normalizer(model: CNNRNNClassifier) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Re-normalise ImageNet-normalised batches (what the transforms produce) to the model's
-    own mean/std; None when they are the ImageNet values (the usual case: no extra work)."""
-    if tuple(model.mean) == tuple(IMAGENET_MEAN) and tuple(model.std) == tuple(IMAGENET_STD):
-        return None
-    scale = torch.tensor(IMAGENET_STD) / torch.tensor(model.std)
-    shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(model.mean)) / torch.tensor(model.std)
-
-    def renormalize(x: torch.Tensor) -> torch.Tensor:
-        return x * scale.view(1, 3, 1, 1).to(x) + shift.view(1, 3, 1, 1).to(x)
-    return renormalize
-
-
-def renormalized(loader: Iterable[dict[str, Any]],
-                 renorm: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[dict[str, Any]]:
-    """The loader's batches with `renorm` (from `input_normalizer`) applied to the images."""
-    for batch in loader:
-        if renorm is not None:
-            batch["image"] = renorm(batch["image"])
-        yield batch

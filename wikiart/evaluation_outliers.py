@@ -17,8 +17,8 @@ from accelerate import Accelerator
 
 from .config import DataConfig
 from .data import build_eval_data
+from .device_augment import Normalizer, eval_images
 from .engine import EvalOutputs
-from .evaluation_checkpoint import input_normalizer, renormalized
 from .manifest import Manifest
 from .outliers import OutlierTable, centroids_from_sums, class_centroids, outlier_table
 from .report import plot_contact_sheet, write_outliers_csv
@@ -30,11 +30,12 @@ def centroid_sums(accelerator: Accelerator, model: torch.nn.Module, loader: Iter
                   num_classes: Mapping[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per task (sums of L2-normalised `model.embed` features per class, counts), all ranks summed."""
     device = accelerator.device
+    normalize = Normalizer(model.mean, model.std)
     sums: dict[str, torch.Tensor] = {}
     counts = {t: torch.zeros(c, dtype=torch.float64, device=device) for t, c in num_classes.items()}
     for batch in loader:
         with accelerator.autocast():
-            feats = model.embed(batch["image"].to(device, non_blocking=True))
+            feats = model.embed(eval_images(batch["image"], device, normalize))
         z = F.normalize(feats.double(), dim=1)
         for task, c in num_classes.items():
             labels = batch["labels"][task].to(device)
@@ -64,8 +65,7 @@ def compute_outliers(accelerator: Accelerator, model: torch.nn.Module, manifest:
     if centroids == "train" and split != "train":
         info = build_eval_data(manifest, "train", data_cfg, rank=accelerator.process_index,
                                world_size=accelerator.num_processes)
-        loader = renormalized(info.loader, input_normalizer(model))
-        sums = centroid_sums(accelerator, model, loader, num_classes)
+        sums = centroid_sums(accelerator, model, info.loader, num_classes)
         cents = {t: centroids_from_sums(*sums[t]) for t in num_classes}
     else:
         cents = {t: class_centroids(out.embeddings, out.labels[t], c) for t, c in num_classes.items()}

@@ -7,13 +7,19 @@ Unset - always, outside the fault suite - a fault point is one `if` on a module 
 
 Points: `train.step` (after backward, before the optimizer step), `checkpoint.write` (model
 weights written, the rest of the checkpoint not), `hub.upload` (inside the background push).
+
+What a surviving rank does when another rank dies or hangs is here too: `collective_failures`
+turns the backend's error for a collective that failed or outlived --collective-timeout into a
+one-line `CollectiveError` (train.py: exit 1), so a job never hangs on a lost rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
+from typing import Iterator
 
 ENV = "WIKIART_FAULT"
 
@@ -57,3 +63,43 @@ def fault_point(point: str) -> None:
         if fault.point == point and fault.nth == _REACHED[point] and fault.rank in (None, rank):
             print(f"[{ENV}] rank {rank}: signal {fault.sig} at {point} #{fault.nth}", flush=True)
             os.kill(os.getpid(), fault.sig)
+
+
+class CollectiveError(RuntimeError):
+    """A collective with the other ranks failed or timed out: a rank died or hangs."""
+
+
+# What gloo / NCCL / the c10d store say when a peer is gone or too slow.
+_LOST_PEER = ("timed out waiting", "connection closed by peer", "connection reset by peer",
+              "nccl communicator was aborted", "watchdog caught collective operation timeout")
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """A c10d error of a multi-rank run (torch.distributed.DistError, or gloo's RuntimeError)
+    that says a peer vanished or a collective outlived its timeout."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in _LOST_PEER)
+
+
+@contextlib.contextmanager
+def collective_failures(timeout_s: float) -> Iterator[None]:
+    """Re-raise a lost-peer collective failure as a CollectiveError with a message that says
+    what happened and what to do; anything else passes through unchanged."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only lost-peer failures are translated
+        if not is_collective_failure(exc):
+            raise
+        import torch.distributed as dist
+        rank, world = dist.get_rank(), dist.get_world_size()
+        detail = " ".join(str(exc).split())[:300]
+        raise CollectiveError(
+            f"rank {rank} of {world}: a collective with the other ranks failed - another rank died "
+            f"or hung (no collective waits longer than --collective-timeout {timeout_s:g}s): "
+            f"{type(exc).__name__}: {detail}. The newest complete checkpoint is intact; "
+            f"restart the job with --resume auto") from None

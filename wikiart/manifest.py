@@ -78,7 +78,7 @@ class Manifest:
     def shard_paths(self, split: str) -> list[str]:
         if self.root is None:
             raise ManifestError("manifest has no root directory")
-        return [str(self.root / s.name) for s in self.split(split).shards]
+        return [str(self.root / check_shard_name(s.name)) for s in self.split(split).shards]
 
     def class_counts(self, split: str, task: str) -> list[int]:
         self.class_names(task)
@@ -107,12 +107,25 @@ class Manifest:
             splits = {name: SplitInfo(shards=[ShardInfo(**s) for s in info["shards"]],
                                       class_counts=dict(info.get("class_counts", {})))
                       for name, info in data["splits"].items()}
+            for info in splits.values():
+                for shard in info.shards:
+                    check_shard_name(shard.name)
             return cls(classes={k: list(v) for k, v in data["classes"].items()}, splits=splits,
                        source=data.get("source", {}), build=data.get("build", {}),
                        skipped=list(data.get("skipped", [])), moved_to_val=data.get("moved_to_val", 0),
                        root=root)
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"malformed manifest: {exc!r}") from exc
+
+
+def check_shard_name(name: Any) -> str:
+    """A shard is a plain file in the shards directory: a name from a manifest never reaches
+    outside it (no folders, no '..', no absolute path)."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or "\0" in name or ":" in name):
+        raise ManifestError(f"shard name {name!r} is not a plain file name in the shards directory "
+                            f"(folders, '..' and absolute paths are refused)")
+    return name
 
 
 def load_manifest(directory: str | Path) -> Manifest:
@@ -126,9 +139,14 @@ def load_manifest(directory: str | Path) -> Manifest:
                             f"(python -m wikiart.shards --out {root} ...)")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-    return Manifest.from_json(data, root=root)
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: malformed manifest: expected a JSON object")
+    try:
+        return Manifest.from_json(data, root=root)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

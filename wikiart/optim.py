@@ -142,18 +142,35 @@ class ModelEMA:
         self.decay = decay
         self.num_updates = 0
         self.shadow = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+        self._pairs: tuple[list, list, list, list] | None = None  # built at the first update
+
+    def _build_pairs(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """(float shadows, float live tensors, other shadows, other live tensors), on one device.
+
+        The live tensors share storage with the model's parameters and buffers (updated in
+        place by the optimizer and by load_state_dict), so the lists stay valid."""
+        floats, float_values, others, other_values = [], [], [], []
+        for key, value in _unwrap(model).state_dict().items():
+            shadow = self.shadow[key]
+            if shadow.device != value.device or shadow.dtype != value.dtype:  # made before prepare()
+                shadow = self.shadow[key] = shadow.to(value.device, value.dtype)
+            if shadow.is_floating_point():
+                floats.append(shadow), float_values.append(value)
+            else:
+                others.append(shadow), other_values.append(value)
+        return floats, float_values, others, other_values
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """shadow = decay * shadow + (1 - decay) * current, after each optimizer step."""
-        for key, value in _unwrap(model).state_dict().items():
-            shadow = self.shadow[key]
-            if shadow.device != value.device:  # created before accelerator.prepare moved the model
-                shadow = self.shadow[key] = shadow.to(value.device)
-            if shadow.is_floating_point():
-                shadow.lerp_(value.detach().to(shadow.dtype), 1.0 - self.decay)
-            else:
-                shadow.copy_(value)
+        """shadow = decay * shadow + (1 - decay) * current, after each optimizer step: one
+        fused multi-tensor lerp (a few kernel launches on a GPU, not one per tensor)."""
+        if self._pairs is None:
+            self._pairs = self._build_pairs(model)
+        floats, float_values, others, other_values = self._pairs
+        if floats:
+            torch._foreach_lerp_(floats, float_values, 1.0 - self.decay)
+        for shadow, value in zip(others, other_values):
+            shadow.copy_(value)
         self.num_updates += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -165,6 +182,7 @@ class ModelEMA:
         self.decay = state["decay"]
         self.num_updates = state["num_updates"]
         self.shadow = {k: v.detach().clone().to(self.shadow[k].device) for k, v in state["shadow"].items()}
+        self._pairs = None
 
     def copy_to(self, model: nn.Module) -> None:
         _unwrap(model).load_state_dict(self.shadow)

@@ -15,13 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from .cli import run_cli
 from .config import DataConfig, PredictConfig, parse_predict_config
-from .evaluation_checkpoint import LoadedModel, input_normalizer, load_model
+from .device_augment import Normalizer, eval_images
+from .evaluation_checkpoint import LoadedModel, load_model
 from .images import ImageDecodeError, decode_rgb
 from .transforms import EvalTransform, build_eval_transform
 
@@ -50,7 +52,7 @@ def load_images(paths: Sequence[str], transform: EvalTransform) -> tuple[list[tu
             if Path(path).is_dir():
                 raise ImageDecodeError("is a directory")
             image = decode_rgb(path, min_side=transform.decode_size)
-            good.append((path, transform(image)))
+            good.append((path, transform(np.asarray(image))))
         except (ImageDecodeError, OSError) as exc:
             bad.append({"image": path, "error": str(exc)})
     return good, bad
@@ -60,10 +62,8 @@ def load_images(paths: Sequence[str], transform: EvalTransform) -> tuple[list[tu
 def top_k(loaded: LoadedModel, images: torch.Tensor, k: int) -> list[dict[str, list[dict[str, Any]]]]:
     """Per image: {task: [{"class", "probability"}, ...]} best first, k capped by the class count."""
     model = loaded.model
-    renorm = input_normalizer(model)
     device = next(model.parameters()).device
-    x = images.to(device)
-    logits = model(renorm(x) if renorm is not None else x)
+    logits = model(eval_images(images, device, Normalizer(model.mean, model.std)))
     names = model.class_names_dict()
     out: list[dict[str, list[dict[str, Any]]]] = [{} for _ in range(len(images))]
     for task, task_logits in logits.items():
@@ -85,7 +85,7 @@ def predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[dict[str, st
     results = []
     for start in range(0, len(good), cfg.batch_size):
         chunk = good[start:start + cfg.batch_size]
-        preds = top_k(loaded, torch.stack([t for _, t in chunk]), cfg.top_k)
+        preds = top_k(loaded, torch.stack([t for _, t in chunk]).permute(0, 3, 1, 2), cfg.top_k)
         results += [{"image": path, "predictions": p} for (path, _), p in zip(chunk, preds)]
     return results, bad
 

@@ -48,9 +48,10 @@ class StopRequest:
         """True on every rank at the same step once any rank was asked to stop."""
         if not force_check and step % self.check_every:
             return False
+        if self.accelerator.num_processes == 1:
+            return self._local_request()  # no device tensor: no host sync in a 1-GPU loop
         flag = torch.tensor(float(self._local_request()), device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
+        flag = self.accelerator.reduce(flag, reduction="sum")
         if float(flag) > 0 and self.reason is None:
             self.reason = "another rank was asked to stop"
         return float(flag) > 0

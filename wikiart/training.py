@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 from . import checkpoint as ckpt
 from .config import DataConfig, to_dict
 from .data import build_eval_data, train_batches_per_rank
+from .device_augment import DeviceAugment
+from .device_defaults import apply_device_defaults, resolve_mixed_precision
 from .engine import LoopContext, evaluate
 from .hub import HubSync, check_hub_config, resolve_hub_resume
 from .labels import BASE_TASKS, heads_for_task
@@ -38,29 +40,60 @@ class RunDirError(RuntimeError):
     """The output directory holds another run, or cannot be used."""
 
 
-def make_accelerator(mixed_precision: str, log_with: str | None = None,
-                     project_dir: str | None = None) -> Accelerator:
-    """An Accelerator with an explicit collective timeout (a dead rank makes the others fail,
-    not hang forever). Launched by torchrun on a machine without CUDA, Accelerate only forms a
-    gloo group when told to use the CPU; otherwise every rank silently runs alone."""
+def make_accelerator(mixed_precision: str, log_with: str | None = None, project_dir: str | None = None,
+                     collective_timeout: float | None = None) -> Accelerator:
+    """An Accelerator with an explicit collective timeout (a dead or hung rank makes the others
+    fail after `collective_timeout` seconds, default COLLECTIVE_TIMEOUT, not hang forever).
+    Launched by torchrun on a machine without CUDA, Accelerate only forms a gloo group when told
+    to use the CPU; otherwise every rank silently runs alone."""
     cpu_ddp = not torch.cuda.is_available() and "LOCAL_RANK" in os.environ
+    timeout = COLLECTIVE_TIMEOUT if collective_timeout is None else datetime.timedelta(seconds=collective_timeout)
+    # Gradients as views into DDP's all-reduce buckets: no copy in and out of the buckets each
+    # step (on the CPU that memcpy competes with the model for the same cores).
+    ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
     return Accelerator(mixed_precision=mixed_precision, log_with=log_with, project_dir=project_dir,
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)], cpu=cpu_ddp)
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout), ddp], cpu=cpu_ddp)
 
 
 def build_accelerator(cfg: dict[str, Any]) -> Accelerator:
     train = cfg["train"]
-    return make_accelerator(train.mixed_precision, train.report_to, train.out)
+    return make_accelerator(resolve_mixed_precision(train.mixed_precision), train.report_to, train.out,
+                            collective_timeout=train.collective_timeout)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / RUN_CONFIG).exists() or ckpt.checkpoint_root(run_dir).exists()
+
+
+def check_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
+    """Refuse an --out that is not a directory or holds another run (unless --resume or
+    --overwrite). Writes nothing. The main process looks and every rank raises alike: an
+    error on the main process alone would leave the other ranks waiting at a collective."""
+    train = cfg["train"]
+    run_dir = Path(train.out)
+    error = None
+    if accelerator.is_main_process:
+        if run_dir.exists() and not run_dir.is_dir():
+            error = f"--out {run_dir} is a file, not a directory"
+        elif _holds_run(run_dir) and train.resume is None and not train.overwrite:
+            error = (f"--out {run_dir} already holds a run; pass --resume auto to continue it or "
+                     f"--overwrite to start over")
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        error = broadcast_object_list([error])[0]
+    if error:
+        raise RunDirError(error)
+    return run_dir
 
 
 def prepare_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
-    """Create the run directory, refusing to mix two runs in one directory."""
+    """Create the run directory and save the resolved config: the first write of a run, so it
+    comes after `check_run_dir` and every other check (bad input leaves --out untouched)."""
     train = cfg["train"]
     run_dir = Path(train.out)
     if accelerator.is_main_process:
-        holds_run = (run_dir / RUN_CONFIG).exists() or ckpt.checkpoint_root(run_dir).exists()
-        if holds_run and train.resume is None:
-            if not train.overwrite:
+        if _holds_run(run_dir) and train.resume is None:
+            if not train.overwrite:  # check_run_dir refuses this first; never mix two runs
                 raise RunDirError(f"--out {run_dir} already holds a run; pass --resume auto to "
                                   f"continue it or --overwrite to start over")
             for name in (ckpt.CHECKPOINT_DIR, "best", "metrics.jsonl", RUN_CONFIG):
@@ -87,8 +120,13 @@ def build_model(cfg: dict[str, Any], manifest: Manifest, heads: tuple[str, ...])
     return from_config(cfg["model"], class_names, cfg["data"].image_size)
 
 
-def check_class_names(saved: dict[str, list[str]], manifest: Manifest, where: str) -> None:
-    """A checkpoint trained on other classes must never be silently reused."""
+def check_class_names(saved: dict[str, list[str]], manifest: Manifest, where: str,
+                      heads: tuple[str, ...] | None = None) -> None:
+    """A checkpoint trained on other classes (or, given `heads`, for another task) must never
+    be silently reused."""
+    if heads is not None and set(saved) != set(heads):
+        raise ckpt.CheckpointError(f"{where} has the heads {sorted(saved) or 'none'}, not {list(heads)} of "
+                                   f"this --task; resume only a run of the same --task")
     for task, names in saved.items():
         if task not in manifest.classes:
             raise ckpt.CheckpointError(f"{where} has a {task!r} head but the shards have no {task!r} labels")
@@ -141,14 +179,18 @@ def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_a
 def setup_job(cfg: dict[str, Any]) -> Job:
     check_hub_config(cfg)  # a bad repo id or a missing token fails before anything is written
     accelerator = build_accelerator(cfg)
+    cfg = apply_device_defaults(cfg, accelerator.device)
     data, optim_cfg, train = cfg["data"], cfg["optim"], cfg["train"]
+    # Every check comes before the first write (prepare_run_dir): bad input leaves --out untouched.
     manifest = load_manifest(data.shards)
     heads = check_manifest_for_task(manifest, data.task)
-    run_dir = prepare_run_dir(cfg, accelerator)
+    steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum)
+    run_dir = check_run_dir(cfg, accelerator)
     model = build_model(cfg, manifest, heads)
     optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
     ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
-    state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, accelerator)
+    state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator)
+    prepare_run_dir(cfg, accelerator)
     if cfg["model"].channels_last:
         model = model.to(memory_format=torch.channels_last)
     prepared_model, prepared_opt = accelerator.prepare(model, optimizer)
@@ -156,7 +198,6 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         prepared_model = compile_model(prepared_model)
     if accelerator.scaler is not None and "scaler" in extra:
         accelerator.scaler.load_state_dict(extra["scaler"])
-    steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum)
     total = steps * train.epochs if train.max_steps is None else min(train.max_steps, steps * train.epochs)
     num_classes = {t: manifest.num_classes(t) for t in heads}
     weights = dict(zip(BASE_TASKS, optim_cfg.task_weights))
@@ -170,6 +211,8 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
         eta_min=optim_cfg.eta_min, seed=train.seed,
         stop_on_nonfinite=accelerator.mixed_precision != "fp16", ema=ema,
+        augment=DeviceAugment.for_recipe(data.color_jitter, data.erasing_p, model.mean, model.std,
+                                         cfg["model"].channels_last),
         channels_last=cfg["model"].channels_last)
     if train.report_to:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
@@ -181,16 +224,25 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     return job
 
 
-def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, accelerator):
+def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator):
+    """Load the checkpoint to resume from into model, optimizer and EMA, after checking that it
+    belongs to this task and class list and fits this model. Every rank does the same; nothing
+    is written here (except what `--resume hub` fetches into --out)."""
     path = ckpt.resolve_resume(resolve_hub_resume(cfg, run_dir, accelerator), run_dir)  # hub -> auto
     if path is None:
         return ckpt.TrainState(), {}
     state, model_state, optimizer_state, extra = ckpt.load_checkpoint(path)
-    check_class_names(extra.get("class_names", {}), manifest, f"checkpoint {path}")
-    model.load_state_dict(model_state)
-    optimizer.load_state_dict(optimizer_state)
-    if ema is not None and "ema" in extra:
-        ema.load_state_dict(extra["ema"])
+    check_class_names(extra.get("class_names", {}), manifest, f"checkpoint {path}", heads=heads)
+    try:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        if ema is not None and "ema" in extra:
+            ema.load_state_dict(extra["ema"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = " ".join(lines[:2])[:300] or type(exc).__name__
+        raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of this command line "
+                                   f"(--backbone and the model flags must match the run's): {reason}") from exc
     if accelerator.is_main_process:
         print(f"resuming from {path} at step {state.step} (epoch {state.epoch}, "
               f"batch {state.batch_in_epoch})", flush=True)
@@ -242,9 +294,11 @@ def run_validation(job: Job) -> dict[str, float]:
     net = acc.unwrap_model(job.ctx.model)
     if job.ctx.ema is not None:
         with job.ctx.ema.swapped_into(net):
-            out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"))
+            out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"),
+                           channels_last=job.ctx.channels_last)
     else:
-        out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"))
+        out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"),
+                       channels_last=job.ctx.channels_last)
     metrics = headline_metrics(out.logits, out.labels)
     improved = job.state.best_metric is None or metrics["score"] > job.state.best_metric
     if improved:
