@@ -20,15 +20,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m wikiart.demo --out $(DEMO)
 
-# Tests run in parallel (one worker per core, at most 4); the SLURM tests share one worker
-# (one throwaway cluster). Single-threaded torch per test process: 2 cores do 2 tests at once.
+# Tests run in parallel (one worker per core, at most 4), a module per worker at a time
+# (`loadscope`), so module- and session-scoped fixtures - trained reference runs, the throwaway
+# SLURM cluster - are built once. Single-threaded torch per test process.
 test: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope
 
 # The fault suite alone: processes killed mid-step/-checkpoint/-push, dead and hung ranks,
 # corrupt shards, full disks, bad command lines (also part of `make test`).
 faults: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup -m faults
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope -m faults
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.run_all

@@ -25,6 +25,7 @@ def test_save_load_round_trip(tmp_path):
     assert extra["class_names"] == {"genre": ["a", "b"]}
 
 
+@pytest.mark.faults
 def test_incomplete_checkpoints_are_never_resumed(tmp_path):
     _save(tmp_path, 5)
     root = ckpt.checkpoint_root(tmp_path)
@@ -47,6 +48,7 @@ def test_keep_last_prunes_oldest(tmp_path):
     assert [p.name for p in ckpt.list_complete(tmp_path)] == ["step-00000003", "step-00000004"]
 
 
+@pytest.mark.faults
 def test_failed_write_keeps_previous_and_leaves_no_partial(tmp_path, monkeypatch):
     _save(tmp_path, 1)
 
@@ -70,6 +72,7 @@ def test_resume_argument_forms(tmp_path):
         ckpt.resolve_resume(str(tmp_path / "nope"), tmp_path)
 
 
+@pytest.mark.faults
 def test_optimizer_file_loads_with_weights_only(tmp_path):
     """A pickle that would run code is refused: training state never executes code on load."""
     path = _save(tmp_path, 1)
@@ -82,6 +85,7 @@ def test_optimizer_file_loads_with_weights_only(tmp_path):
         ckpt.load_checkpoint(path)
 
 
+@pytest.mark.faults
 def test_resaving_a_step_never_loses_the_only_copy(tmp_path, monkeypatch):
     """keep_last=1 and the same step saved twice (epoch-end save after a periodic save): a crash
     between the two renames of the swap must still leave step 7 resumable."""

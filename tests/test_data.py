@@ -203,6 +203,7 @@ def test_balance_task_defaults_to_style_for_combined():
 CORRUPT = {3: "jpeg", 17: "truncated", 25: "json"}
 
 
+@pytest.mark.faults
 def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
     manifest = make_shards(tmp_path, {"train": [20, 20], "val": [20, 20]},
                            corrupt={"train": CORRUPT, "val": CORRUPT})
@@ -219,6 +220,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
     assert "train00003" in caplog.text and "train00025" in caplog.text
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("extra", [0, 700])  # cut between members / inside a member
 def test_damaged_tar_keeps_the_samples_before_the_damage(tmp_path, extra):
     manifest = make_shards(tmp_path, {"train": [16], "val": [12, 12]})
@@ -231,6 +233,7 @@ def test_damaged_tar_keeps_the_samples_before_the_damage(tmp_path, extra):
     assert info.corrupt.count == 24 - len(keys)  # lost samples are counted, no crash
 
 
+@pytest.mark.faults
 def test_missing_shard_file_is_named(tmp_path):
     manifest = make_shards(tmp_path, {"train": [8, 8], "val": [8]})
     os.remove(manifest.shard_paths("train")[1])

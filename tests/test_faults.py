@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -421,3 +422,62 @@ def test_an_error_raised_in_a_loader_worker_ends_the_process(tmp_path):
         job.kill_all()
     assert rc == 1 and "KeyError: 'a bug in the loader'" in job.stderr, job.tail()
     assert not left, left
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk during a checkpoint save: real write errors from the OS, not a patched function
+# ---------------------------------------------------------------------------------------------
+LIMITED = ("import os, resource, signal, sys; limit = int(sys.argv[1]); "
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+           "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # ignored across exec: EFBIG, not death
+           "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: int):
+    """A real filesystem of `size` bytes at `path` (needs root, as CI has); skips otherwise."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("how", ["file-size-limit", "full-filesystem"])
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(how, synthetic_shards, tmp_path):
+    args = ["--shards", str(synthetic_shards), *COMMON]
+    first = Job([*args, "--stop-at-step", str(SAVE_EVERY)], tmp_path / "first")
+    assert first.wait(300) == 75, first.tail()
+    first.kill_all()
+    saved = ckpt.latest_checkpoint(tmp_path / "first")
+    size = sum(p.stat().st_size for p in saved.iterdir())
+    with contextlib.ExitStack() as stack:
+        if how == "file-size-limit":  # any file larger than half the weights fails with EFBIG
+            out = tmp_path / "run"
+            limit = (saved / "model.safetensors").stat().st_size // 2
+            cmd = [sys.executable, "-c", LIMITED, str(limit), str(ROOT / "train.py"), *args,
+                   "--resume", "auto", "--out", str(out)]
+            error = "File too large"
+        else:  # room for one checkpoint and a half: the next save runs out of space (ENOSPC)
+            out = stack.enter_context(small_tmpfs(tmp_path / "disk", size * 3 // 2 + 2**20)) / "run"
+            cmd, error = None, "No space left on device"
+        shutil.copytree(tmp_path / "first", out)
+        job = Job([*args, "--resume", "auto"], out, cmd=cmd)
+        try:
+            rc = job.wait(300)
+        finally:
+            job.kill_all()
+        assert rc == 1, job.tail()
+        errors = [line for line in job.stderr.splitlines() if "error" in line]
+        assert "Traceback" not in job.stderr and len(errors) == 1, job.stderr[-3000:]
+        assert f"could not write checkpoint {out}/checkpoints/step-{2 * SAVE_EVERY:08d}" in errors[0]
+        assert error in errors[0] and "previous checkpoints are intact" in errors[0]
+        assert complete_steps(out) == [SAVE_EVERY]          # nothing half-written looks complete
+        assert [p.name for p in ckpt.checkpoint_root(out).iterdir()] == [saved.name]  # no tmp left
+        state, weights, _, _ = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
+        assert state.step == SAVE_EVERY
+        assert all(torch.equal(w, load_file(str(saved / "model.safetensors"))[k]) for k, w in weights.items())

@@ -153,6 +153,7 @@ def test_parts_plus_merge_equal_single_build(tmp_path):
     assert json.loads((out / "manifest.json").read_text()) == single.to_json()
 
 
+@pytest.mark.faults
 def test_rerun_reuses_finished_shards_and_replaces_broken_ones(tmp_path, capsys):
     out = tmp_path / "out"
     synthetic(out)
@@ -182,6 +183,7 @@ def test_different_build_in_same_out_needs_overwrite(tmp_path):
     assert manifest.num_samples("train") + manifest.num_samples("val") == 40
 
 
+@pytest.mark.faults
 def test_verify_names_every_broken_shard(tmp_path, capsys):
     out = tmp_path / "out"
     synthetic(out)
@@ -196,6 +198,7 @@ def test_verify_names_every_broken_shard(tmp_path, capsys):
     assert main(["--verify", str(tmp_path / "nowhere")]) == 1
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_killed_build_resumes_to_the_same_result(tmp_path):
     out, clean = tmp_path / "killed", tmp_path / "clean"

@@ -37,8 +37,7 @@ RUN = ["--task", "genre", "--epochs", "1", "--seed", "3", "--log-every", "1", "-
 BATCH, RANKS = 8, 2
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
-# One xdist worker runs every SLURM test: the session-scoped throwaway cluster is started once.
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _free_ports(count: int) -> int:

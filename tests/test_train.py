@@ -149,6 +149,7 @@ def test_out_dir_holding_another_run_is_refused_without_resume_or_overwrite(synt
     assert (out / "config.json").read_text() == "{}"  # nothing overwritten
 
 
+@pytest.mark.faults
 def test_non_finite_loss_stops_with_the_step_named_and_saves_nothing(synthetic_shards, tmp_path):
     out = tmp_path / "nan"
     proc = run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre",

@@ -152,18 +152,33 @@ def test_erasing_probability_and_box_size():
     assert erasing_box(64, 64, 0.0, gen) is None
 
 
-def test_device_erasing_fills_exactly_the_box_with_noise_and_is_seeded():
+def test_device_erasing_fills_exactly_the_box_with_normalised_noise_and_is_seeded():
+    norm = Normalizer(IMAGENET_MEAN, IMAGENET_STD)
+    consts = norm.constants(torch.device("cpu"))
     x = torch.full((2, 3, 16, 16), 7.0)
-    erase_boxes(x, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0))
-    box = x[0, :, 2:6, 3:8]
-    assert (box != 7.0).all() and box.min() >= 0 and box.max() < 255 and box.std() > 20
+    erase_boxes(x, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts)
+    pixels = (x[0, :, 2:6, 3:8] - consts[1][0]) / consts[0][0]  # back to the 0..255 pixel scale
+    assert (x[0, :, 2:6, 3:8] != 7.0).all() and pixels.min() >= -1e-3 and pixels.max() < 255 and pixels.std() > 40
     x[0, :, 2:6, 3:8] = 7.0
     assert (x == 7.0).all()  # nothing outside the box, nothing in the image without a box
     y = torch.full((2, 3, 16, 16), 7.0)
-    erase_boxes(y, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0))
+    erase_boxes(y, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts)
     z = torch.full((2, 3, 16, 16), 7.0)
-    erase_boxes(z, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0))
+    erase_boxes(z, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts)
     assert torch.equal(y, z)
+
+
+def test_folded_normalisation_equals_jitter_clamp_then_normalise():
+    img = np.stack([photo(seed=s) for s in range(3)])
+    aug = torch.tensor([[1.3, 1.2, 1.4, 0.3, 0, 0, 0, 0], [0.7, 0.8, 0.6, -0.2, 0, 0, 0, 0],
+                        [1.0, 1.0, 1.0, 0.0, 0, 0, 0, 0]])
+    batch = {"image": torch.from_numpy(img).permute(0, 3, 1, 2), "aug": aug}
+    norm = Normalizer(IMAGENET_MEAN, IMAGENET_STD)
+    out = DeviceAugment(norm, jitter=True, erasing=False)(batch, torch.device("cpu"), 0)
+    x = batch["image"].float()
+    want = norm(apply_affine(x, jitter_affine(aug, x.mean(dim=(2, 3)))).clamp(0, 255))
+    assert torch.allclose(out, want, atol=1e-4)
+    assert (out != norm(x.clone())).any()  # the factors > 1 saturate some pixels: the clamp matters
 
 
 def test_device_stage_is_deterministic_per_seed_and_keeps_channels_last():

@@ -71,37 +71,56 @@ def apply_affine(x: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     return y.add_(a[:, :, 3])
 
 
-def mean_pixel(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3) mean of uint8 images, exact (integer sums), so independent of summation order."""
-    return images.sum(dim=(2, 3), dtype=torch.int64).double() / (images.shape[2] * images.shape[3])
+def mean_pixel(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3) mean of float images holding integer pixel values, exact whatever the summation
+    order (a resumed run must reproduce it bit for bit): a row sum is an integer below 2^24,
+    exact in float32; the rows are then summed in float64, exact below 2^53."""
+    if x.shape[3] * 255 >= 2**24:
+        raise ValueError(f"images {x.shape[3]} px wide are too wide for an exact float32 row sum")
+    return x.sum(dim=3).double().sum(dim=2) / (x.shape[2] * x.shape[3])
 
 
 def erase_boxes(x: torch.Tensor, boxes: Sequence[Sequence[int]], generator: torch.Generator | None,
-                high: float = 255.0) -> None:
-    """Fill each (top, left, h, w) box of image i with uniform [0, high) noise, in place.
+                scale: torch.Tensor, bias: torch.Tensor) -> None:
+    """Fill each (top, left, h, w) box of image i with uniform pixel noise, in place, in the
+    normalised space of `x`: noise in [0, 255) times `scale` plus `bias` ((1, 3, 1, 1) each).
 
     `boxes` is a host-side list (no device sync); rows with h == 0 are not erased."""
     for i, (top, left, h, w) in enumerate(boxes):
         if h > 0 and w > 0:
             noise = torch.rand((3, h, w), generator=generator, device=x.device, dtype=x.dtype)
-            x[i, :, top:top + h, left:left + w] = noise * high
+            x[i, :, top:top + h, left:left + w] = noise * (255.0 * scale[0]) + bias[0]
 
 
 class Normalizer:
-    """(x / 255 - mean) / std in place (callers pass a fresh float tensor), with per-device
-    cached constants; in place because a new batch-sized buffer costs page faults on the CPU."""
+    """(x / 255 - mean) / std as x * scale + bias, with per-device cached constants. Applied in
+    place (callers pass a fresh float tensor): a new batch-sized buffer costs page faults on the CPU."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
         self.bias = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
         self._cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.device, x.dtype)
+    def constants(self, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, bias), each (1, 3, 1, 1), on `device`."""
+        key = (device, dtype)
         if key not in self._cache:
-            self._cache[key] = (self.scale.to(x.device, x.dtype), self.bias.to(x.device, x.dtype))
-        scale, bias = self._cache[key]
+            self._cache[key] = (self.scale.to(device, dtype), self.bias.to(device, dtype))
+        return self._cache[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scale, bias = self.constants(x.device, x.dtype)
         return x.mul_(scale).add_(bias)
+
+    def fold_into(self, affine: torch.Tensor) -> torch.Tensor:
+        """A (B, 3, 4) pixel map followed by this normalisation, as one map."""
+        scale, bias = (t.view(1, 3, 1).to(affine) for t in self.constants(affine.device))
+        return torch.cat([affine[:, :, :3] * scale, affine[:, :, 3:] * scale + bias], dim=2)
+
+    def clamp_(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp normalised images to the normalised [0, 255] pixel range, in place."""
+        scale, bias = self.constants(x.device, x.dtype)
+        return torch.clamp(x, min=bias, max=255.0 * scale + bias, out=x)
 
 
 def to_device_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -136,17 +155,20 @@ class DeviceAugment:
         return cls(Normalizer(mean, std), any(s > 0 for s in color_jitter), erasing_p > 0, channels_last)
 
     def __call__(self, batch: dict, device: torch.device, seed: int) -> torch.Tensor:
-        """Normalised float32 images of a loader batch ("image" uint8, "aug" parameters)."""
-        images = batch["image"].to(device, non_blocking=True)
-        x = to_device_images(images, device)
+        """Normalised float32 images of a loader batch ("image" uint8, "aug" parameters).
+
+        The normalisation is folded into the jitter map and the clamp into the normalised range,
+        so the batch is read and written as few times as possible (on the CPU that is the cost)."""
+        x = to_device_images(batch["image"], device)
         aug = batch.get("aug")
         if aug is not None and self.jitter:
-            affine = jitter_affine(aug.to(device, non_blocking=True), mean_pixel(images))
-            x = apply_affine(x, affine).clamp_(0, 255)
+            affine = jitter_affine(aug.to(device, non_blocking=True), mean_pixel(x))
+            x = self.normalize.clamp_(apply_affine(x, self.normalize.fold_into(affine)))
+        else:
+            x = self.normalize(x)
         if aug is not None and self.erasing:
             boxes = aug[:, ERASE_BOX].to(torch.long).tolist()  # the loader's CPU tensor: no device sync
             if any(h > 0 for _, _, h, _ in boxes):
                 gen = torch.Generator(device=device).manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
-                erase_boxes(x, boxes, gen)
-        return model_layout(self.normalize(x), self.channels_last)
-
+                erase_boxes(x, boxes, gen, *self.normalize.constants(x.device, x.dtype))
+        return model_layout(x, self.channels_last)

@@ -113,7 +113,9 @@ def erasing_box(height: int, width: int, p: float,
 def as_chw(pixels: np.ndarray) -> torch.Tensor:
     """HWC uint8 array -> (1, 3, H, W) uint8 tensor sharing its memory (channels_last strides)."""
     pixels = np.require(pixels, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # copies only if needed
-    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    # unsqueeze before permute: a proper batch stride, so torch sees channels_last and uses its
+    # fast uint8 kernel (and returns channels_last, which `to_hwc` then reads without a copy).
+    return torch.from_numpy(pixels).unsqueeze(0).permute(0, 3, 1, 2)
 
 
 def resize_uint8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
