@@ -454,18 +454,20 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(how, synthetic_
     assert first.wait(300) == 75, first.tail()
     first.kill_all()
     saved = ckpt.latest_checkpoint(tmp_path / "first")
-    size = sum(p.stat().st_size for p in saved.iterdir())
+    weights_size = (saved / "model.safetensors").stat().st_size
+    run_size = sum(p.stat().st_size for p in (tmp_path / "first").rglob("*") if p.is_file())
     with contextlib.ExitStack() as stack:
         if how == "file-size-limit":  # any file larger than half the weights fails with EFBIG
             out = tmp_path / "run"
-            limit = (saved / "model.safetensors").stat().st_size // 2
+            limit = weights_size // 2
             cmd = [sys.executable, "-c", LIMITED, str(limit), str(ROOT / "train.py"), *args,
                    "--resume", "auto", "--out", str(out)]
             error = "File too large"
-        else:  # room for one checkpoint and a half: the next save runs out of space (ENOSPC)
-            out = stack.enter_context(small_tmpfs(tmp_path / "disk", size * 3 // 2 + 2**20)) / "run"
+        else:  # room for the run so far and half the next weights file: the save hits ENOSPC
+            # The run directory is the mount point: the job's logs (beside it) stay writable.
+            out = stack.enter_context(small_tmpfs(tmp_path / "run", run_size + weights_size // 2))
             cmd, error = None, "No space left on device"
-        shutil.copytree(tmp_path / "first", out)
+        shutil.copytree(tmp_path / "first", out, dirs_exist_ok=True)
         job = Job([*args, "--resume", "auto"], out, cmd=cmd)
         try:
             rc = job.wait(300)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .faults import fault_point
@@ -105,9 +106,10 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model_state: dict[st
         _fsync_dir_files(tmp)
         (tmp / COMPLETE_MARKER).write_text("ok\n")
         replace_directory(tmp, final)  # a re-save of the same step keeps the old copy until the swap
-    except OSError as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:  # torch.save / safetensors wrap I/O errors
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {final}: {exc.strerror or exc} "
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+        raise CheckpointError(f"could not write checkpoint {final}: {reason} "
                               f"(previous checkpoints are intact)") from exc
     prune_checkpoints(run_dir, keep_last)
     return final

@@ -35,7 +35,9 @@ def run_cli(prog: str, main: Callable[[], int | None], extra_errors: tuple[type[
     try:
         return int(main() or 0)
     except USER_ERRORS + extra_errors as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr, flush=True)
+        # One write with the newline: ranks sharing a pipe cannot splice their lines together.
+        sys.stderr.write(f"{prog}: error: {one_line(exc)}\n")
+        sys.stderr.flush()
         return 1
 
 
