@@ -153,7 +153,7 @@ def compare(originals: list[Path], shards: Path, workers: int) -> dict[str, floa
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--originals", type=int, default=24, help="distinct WikiArt-sized originals")
-    parser.add_argument("--repeat", type=int, default=8, help="shard-loader epochs are this many times the originals")
+    parser.add_argument("--repeat", type=int, default=24, help="shard-loader epochs are this many times the originals")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -18,6 +18,7 @@ import numpy as np
 import simplejpeg
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .labels import MISSING
@@ -244,11 +245,22 @@ def collate(keys: list[str], images: list[torch.Tensor], labels: list[Mapping[st
     """The batch dict: image uint8 (B, 3, H, W) in channels_last layout (stacked HWC images),
     labels {task: LongTensor (B,)}, key list, and for training "aug" (B, AUG_SIZE) parameters."""
     batch = {
-        "image": torch.stack(images).permute(0, 3, 1, 2),
+        "image": stack(images).permute(0, 3, 1, 2),
         "labels": {t: torch.tensor([lab.get(t, MISSING) for lab in labels], dtype=torch.long)
                    for t in tasks},
         "key": keys,
     }
     if aug is not None:
-        batch["aug"] = torch.stack(aug)
+        batch["aug"] = stack(aug)
     return batch
+
+
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; in a DataLoader worker straight into shared memory (as PyTorch's own
+    default_collate does), so sending the batch to the training process copies nothing more."""
+    if get_worker_info() is None:
+        return torch.stack(tensors)
+    first = tensors[0]
+    storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+    out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
