@@ -132,6 +132,19 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def load_state_file(file: Path) -> Any:
+    """torch.load(weights_only=True): tensors and plain data only. A pickle that would run code
+    is refused with a CheckpointError that names the file and the code it holds - without
+    torch's advice to retry with weights_only=False."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{file}: refused to unpickle a file that holds code{what} rather than only "
+                              f"tensors and plain data (never loaded unsafely)") from None
+
+
 def load_checkpoint(path: str | Path) -> tuple[TrainState, dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """Read (state, model_state, optimizer_state, extra); no code is executed while loading."""
     path = Path(path)
@@ -142,9 +155,9 @@ def load_checkpoint(path: str | Path) -> tuple[TrainState, dict[str, torch.Tenso
         known = {f.name for f in dataclasses.fields(TrainState)}
         state = TrainState(**{k: v for k, v in fields.items() if k in known})
         model_state = load_file(str(path / "model.safetensors"))
-        optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        extra = torch.load(path / "extra.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        optimizer_state = load_state_file(path / "optimizer.pt")
+        extra = load_state_file(path / "extra.pt")
+    except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
     return state, model_state, optimizer_state, extra
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import multiprocessing.util  # registers its exit hook now, so ours (registered later) runs first
-import pickle
-import re
 import sys
 from typing import Callable
 
@@ -42,12 +40,5 @@ def run_cli(prog: str, main: Callable[[], int | None], extra_errors: tuple[type[
 
 
 def one_line(exc: BaseException) -> str:
-    """The error's message as one line. A pickle that `torch.load(weights_only=True)` refused
-    (it would run code) is said to be refused, without torch's advice to retry unsafely."""
-    text, cause = str(exc), exc.__cause__
-    if isinstance(cause, pickle.UnpicklingError) and str(cause) and str(cause) in text:
-        found = re.search(r"GLOBAL ([\w.]+)", str(cause))
-        what = f" ({found.group(1)})" if found else ""
-        text = text.replace(str(cause), f"refused to unpickle a file that holds code{what} rather than "
-                                        "only tensors and plain data (never loaded unsafely)")
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    """The error's message as one line."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

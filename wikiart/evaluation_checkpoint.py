@@ -15,12 +15,10 @@ import contextlib
 import dataclasses
 import io
 import json
-import pickle
 import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file
 
 from . import checkpoint as ckpt
@@ -121,8 +119,8 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
         state = json.loads((path / "state.json").read_text())
         # Only the weights and extra.pt: the optimizer state (2x the model) is not needed here.
         weights = load_file(str(path / "model.safetensors"))
-        extra = torch.load(path / "extra.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        extra = ckpt.load_state_file(path / "extra.pt")
+    except (OSError, ValueError, RuntimeError) as exc:
         raise ckpt.CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
     if not extra.get("class_names"):
         raise ckpt.CheckpointError(f"checkpoint {path}: extra.pt has no class names")

@@ -4,6 +4,7 @@ save/validate actions the loop calls (`wikiart.loop` runs the epochs; `wikiart.e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -92,10 +93,7 @@ def prepare_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
     train = cfg["train"]
     run_dir = Path(train.out)
     if accelerator.is_main_process:
-        if _holds_run(run_dir) and train.resume is None:
-            if not train.overwrite:  # check_run_dir refuses this first; never mix two runs
-                raise RunDirError(f"--out {run_dir} already holds a run; pass --resume auto to "
-                                  f"continue it or --overwrite to start over")
+        if _holds_run(run_dir) and train.resume is None:  # --overwrite (check_run_dir refused the rest)
             for name in (ckpt.CHECKPOINT_DIR, "best", "metrics.jsonl", RUN_CONFIG):
                 target = run_dir / name
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
@@ -292,11 +290,8 @@ def run_validation(job: Job) -> dict[str, float]:
     acc, data = job.accelerator, job.cfg["data"]
     info = build_eval_data(job.manifest, "val", data, rank=acc.process_index, world_size=acc.num_processes)
     net = acc.unwrap_model(job.ctx.model)
-    if job.ctx.ema is not None:
-        with job.ctx.ema.swapped_into(net):
-            out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"),
-                           channels_last=job.ctx.channels_last)
-    else:
+    weights = job.ctx.ema.swapped_into(net) if job.ctx.ema is not None else contextlib.nullcontext()
+    with weights:
         out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"),
                        channels_last=job.ctx.channels_last)
     metrics = headline_metrics(out.logits, out.labels)
