@@ -58,6 +58,8 @@ ROWS = [
     ("train-eval-batch-size-zero", "train.py", ["--eval-batch-size", "0"], ["--eval-batch-size"]),
     ("train-lr-not-a-number", "train.py", ["--lr", "fast"], ["--lr", "fast"]),
     ("train-lr-zero", "train.py", ["--lr", "0"], ["--lr", "must be > 0"]),
+    *([("train-fp16-without-gpu", "train.py", ["--mixed-precision", "fp16"], ["--mixed-precision fp16", "GPU"])]
+      if not torch.cuda.is_available() else []),  # Accelerate would quietly train in fp32, unscaled
     ("train-lr-negative", "train.py", ["--lr", "-0.001"], ["--lr", "-0.001"]),
     ("train-backbone-lr-zero", "train.py", ["--backbone-lr", "0"], ["--backbone-lr"]),
     ("train-image-size-zero", "train.py", ["--image-size", "0"], ["--image-size", "got 0"]),
@@ -124,7 +126,8 @@ ROWS = [
 ]
 # Rows that also run as real processes by default: every command once, through its real entry.
 SUBPROCESS_ROWS = {"train-resume-other-classes", "evaluate-checkpoint-other-task", "build-images-missing",
-                   "predict-top-k-zero"}
+                   "predict-top-k-zero",
+                   "train-fp16-without-gpu"}  # in-process, Accelerate's shared state would keep fp16
 
 
 def tiny_model(class_names: dict[str, list[str]]):

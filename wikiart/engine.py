@@ -64,6 +64,7 @@ def _labels_to_device(batch: dict[str, Any], heads: Iterable[str], device: torch
 def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: TrainState) -> dict[str, torch.Tensor]:
     """One optimizer step over `grad_accum` micro-batches. Returns detached loss tensors."""
     acc, model = ctx.accelerator, ctx.model
+    saved_buffers = BufferSnapshot(model) if acc.scaler is not None else None
     generator = torch.Generator().manual_seed(step_seed(ctx.seed, state.step))
     torch.manual_seed(step_seed(ctx.seed, state.step, acc.process_index))  # dropout
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -71,6 +72,8 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     parts_sum: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         images = ctx.augment(batch, acc.device, step_seed(ctx.seed, state.step, acc.process_index) + i)
+        if fault_point("train.batch"):  # WIKIART_FAULT=train.batch@N:nan, the non-finite tests
+            images[:1].fill_(float("nan"))
         labels = _labels_to_device(batch, ctx.heads, acc.device)
         images, targets, _ = ctx.mixer(images, labels, generator)
         last = i == len(micro_batches) - 1
@@ -88,12 +91,33 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
         grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.clip_grad)
     apply_lr(ctx.optimizer, state.step, ctx.total_steps, ctx.warmup_steps, ctx.eta_min)
     ctx.optimizer.step()
-    if ctx.ema is not None and not ctx.optimizer.step_was_skipped:
+    skipped = saved_buffers is not None and ctx.optimizer.step_was_skipped  # fp16 scaler: inf/NaN grads
+    if skipped:
+        saved_buffers.restore()
+    elif ctx.ema is not None:
         ctx.ema.update(acc.unwrap_model(model))
     out = {"loss": total, **{f"loss_{t}": v for t, v in parts_sum.items()}}
+    if saved_buffers is not None:
+        out["step_skipped"] = torch.tensor(float(skipped))
     if grad_norm is not None:
         out["grad_norm"] = torch.as_tensor(grad_norm).detach()
     return out
+
+
+class BufferSnapshot:
+    """A model's buffers (BatchNorm running statistics) before a step, to put back when the fp16
+    loss scaler skips that step: the forward pass of a batch holding a NaN, or overflowing in
+    fp16, has already folded it into the running statistics, and skipping only the optimizer
+    step would leave them NaN (and every later evaluation with them)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.live = list(model.buffers())
+        self.saved = [b.detach().clone() for b in self.live]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for live, saved in zip(self.live, self.saved):
+            live.copy_(saved)
 
 
 def _micro_batch_groups(batches: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

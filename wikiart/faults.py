@@ -2,11 +2,14 @@
 
 `WIKIART_FAULT=POINT@N` makes the process SIGKILL itself the N-th time it reaches
 `fault_point(POINT)`; `POINT@N@rankR` only on global rank R; `...:stop` sends SIGSTOP instead
-(a hung rank, for the collective-timeout test). Several faults are separated by commas.
-Unset - always, outside the fault suite - a fault point is one `if` on a module constant.
+(a hung rank, for the collective-timeout test); `...:nan` sends no signal but makes
+`fault_point` return True, and the caller corrupts its data (the non-finite loss tests).
+Several faults are separated by commas. Unset - always, outside the fault suite - a fault point
+is one `if` on a module constant.
 
 Points: `train.step` (after backward, before the optimizer step), `checkpoint.write` (model
-weights written, the rest of the checkpoint not), `hub.upload` (inside the background push).
+weights written, the rest of the checkpoint not), `hub.upload` (inside the background push),
+`train.batch` (each micro-batch after the device stage; with `:nan` one image becomes NaN).
 
 What a surviving rank does when another rank dies or hangs is here too: `collective_failures`
 turns the backend's error for a collective that failed or outlived --collective-timeout into a
@@ -29,23 +32,25 @@ class Fault:
     point: str
     nth: int
     rank: int | None
-    sig: int
+    sig: int | None   # None: no signal, the point reports the hit (`:nan`)
+
+
+_ACTIONS = {"": signal.SIGKILL, "kill": signal.SIGKILL, "stop": signal.SIGSTOP, "nan": None}
 
 
 def parse_faults(spec: str) -> list[Fault]:
-    """`point@n[@rankR][:stop|:kill]`, comma separated; ValueError names a malformed entry."""
+    """`point@n[@rankR][:stop|:kill|:nan]`, comma separated; ValueError names a malformed entry."""
     faults = []
     for entry in filter(None, (e.strip() for e in spec.split(","))):
         body, _, action = entry.partition(":")
         parts = body.split("@")
         try:
-            if len(parts) not in (2, 3) or action not in ("", "kill", "stop"):
+            if len(parts) not in (2, 3) or action not in _ACTIONS:
                 raise ValueError
             rank = int(parts[2].removeprefix("rank")) if len(parts) == 3 else None
-            faults.append(Fault(parts[0], int(parts[1]), rank,
-                                signal.SIGSTOP if action == "stop" else signal.SIGKILL))
+            faults.append(Fault(parts[0], int(parts[1]), rank, _ACTIONS[action]))
         except ValueError:
-            raise ValueError(f"{ENV}: bad entry {entry!r}; expected POINT@N[@rankR][:kill|:stop]") from None
+            raise ValueError(f"{ENV}: bad entry {entry!r}; expected POINT@N[@rankR][:kill|:stop|:nan]") from None
     return faults
 
 
@@ -53,16 +58,23 @@ _FAULTS = parse_faults(os.environ.get(ENV, ""))
 _REACHED: dict[str, int] = {}
 
 
-def fault_point(point: str) -> None:
-    """Deliver the configured signal here if this is the chosen visit on the chosen rank."""
+def fault_point(point: str) -> bool:
+    """Deliver the configured signal here if this is the chosen visit on the chosen rank;
+    True when a `:nan` fault is due here (the caller corrupts its data)."""
     if not _FAULTS:
-        return
+        return False
     _REACHED[point] = _REACHED.get(point, 0) + 1
     rank = int(os.environ.get("RANK", "0"))
+    due = False
     for fault in _FAULTS:
         if fault.point == point and fault.nth == _REACHED[point] and fault.rank in (None, rank):
-            print(f"[{ENV}] rank {rank}: signal {fault.sig} at {point} #{fault.nth}", flush=True)
-            os.kill(os.getpid(), fault.sig)
+            what = "NaN" if fault.sig is None else f"signal {fault.sig}"
+            print(f"[{ENV}] rank {rank}: {what} at {point} #{fault.nth}", flush=True)
+            if fault.sig is None:
+                due = True
+            else:
+                os.kill(os.getpid(), fault.sig)
+    return due
 
 
 class CollectiveError(RuntimeError):

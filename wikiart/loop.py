@@ -26,7 +26,8 @@ class StepHooks:
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=job.accelerator.device)
         self.stopped = False
         self.loss_sum = torch.zeros((), device=job.accelerator.device)
-        self.loss_count = 0
+        self.loss_count = torch.zeros((), device=job.accelerator.device)
+        self.skipped_steps: list[int] = []   # by the fp16 loss scaler, since the last log line
 
     def __call__(self, metrics: dict[str, torch.Tensor]) -> bool:
         job, train = self.job, self.job.cfg["train"]
@@ -34,9 +35,11 @@ class StepHooks:
         # Track the first non-finite step on the device: no host sync until a log/save point.
         bad = ~torch.isfinite(metrics["loss"])
         self.first_bad_step = torch.where(bad & (self.first_bad_step < 0),
-                                          torch.full_like(self.first_bad_step, step - 1), self.first_bad_step)
-        self.loss_sum += metrics["loss"]
-        self.loss_count += 1
+                                          torch.full_like(self.first_bad_step, step), self.first_bad_step)
+        self.loss_sum += torch.where(bad, 0.0, metrics["loss"])  # a step the fp16 scaler skipped
+        self.loss_count += (~bad).float()                         # does not count in the mean
+        if float(metrics.pop("step_skipped", 0.0)):  # fp16 only; the scaler has synced already
+            self.skipped_steps.append(step)
         done = step >= job.ctx.total_steps
         if step % train.log_every == 0 or done:
             self.guard()
@@ -72,8 +75,8 @@ class StepHooks:
                                      f"stopping without saving (lower the learning rate or check the data)")
 
     def epoch_mean_loss(self) -> float:
-        mean = float(self.loss_sum / max(self.loss_count, 1))
-        self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), 0
+        mean = float(self.loss_sum / self.loss_count.clamp(min=1))
+        self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), torch.zeros_like(self.loss_count)
         return mean
 
     def _log(self, metrics: dict[str, torch.Tensor], step: int) -> None:
@@ -82,8 +85,21 @@ class StepHooks:
         lr = job.ctx.optimizer.param_groups[0]["lr"]
         images = job.cfg["data"].batch_size * job.ctx.grad_accum * job.accelerator.num_processes
         rate = job.logger.images_per_second(step, images)
-        job.logger.record("train", {**values, "lr": lr, "epoch": job.state.epoch, "images_per_s": rate}, step)
+        extra = {}
+        if job.accelerator.scaler is not None:
+            extra["skipped_steps"] = self.skipped_steps
+            self._report_skipped()
+        job.logger.record("train", {**values, "lr": lr, "epoch": job.state.epoch, "images_per_s": rate, **extra},
+                          step)
         job.logger.progress(step, values["loss"], lr, rate)
+
+    def _report_skipped(self) -> None:
+        """One line for the optimizer steps the fp16 loss scaler skipped since the last log."""
+        if self.skipped_steps:
+            steps = ", ".join(map(str, self.skipped_steps))
+            self.job.logger.print(f"fp16 loss scaler skipped optimizer step(s) {steps}: non-finite gradients; "
+                                  f"weights, BatchNorm statistics and EMA left as they were")
+        self.skipped_steps = []
 
 
 def stop_request_for(job: Job) -> StopRequest:

@@ -58,8 +58,14 @@ def make_accelerator(mixed_precision: str, log_with: str | None = None, project_
 
 def build_accelerator(cfg: dict[str, Any]) -> Accelerator:
     train = cfg["train"]
-    return make_accelerator(resolve_mixed_precision(train.mixed_precision), train.report_to, train.out,
-                            collective_timeout=train.collective_timeout)
+    accelerator = make_accelerator(resolve_mixed_precision(train.mixed_precision), train.report_to, train.out,
+                                   collective_timeout=train.collective_timeout)
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+        # Accelerate would train in plain fp32 and, with no loss scaler, nothing would skip a
+        # step with a non-finite gradient: say so rather than run something else than asked.
+        raise ValueError(f"--mixed-precision fp16 needs a GPU: on {accelerator.device.type} there is no fp16 "
+                         f"autocast or loss scaler; use --mixed-precision bf16 or no")
+    return accelerator
 
 
 def _holds_run(run_dir: Path) -> bool:
@@ -178,6 +184,8 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     check_hub_config(cfg)  # a bad repo id or a missing token fails before anything is written
     accelerator = build_accelerator(cfg)
     cfg = apply_device_defaults(cfg, accelerator.device)
+    # config.json records the precision that runs (the default bf16 on CUDA, "no" on the CPU).
+    cfg["train"] = dataclasses.replace(cfg["train"], mixed_precision=accelerator.mixed_precision)
     data, optim_cfg, train = cfg["data"], cfg["optim"], cfg["train"]
     # Every check comes before the first write (prepare_run_dir): bad input leaves --out untouched.
     manifest = load_manifest(data.shards)
@@ -208,7 +216,7 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
         grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
         eta_min=optim_cfg.eta_min, seed=train.seed,
-        stop_on_nonfinite=accelerator.mixed_precision != "fp16", ema=ema,
+        stop_on_nonfinite=accelerator.scaler is None, ema=ema,  # a loss scaler skips such steps itself
         augment=DeviceAugment.for_recipe(data.color_jitter, data.erasing_p, model.mean, model.std,
                                          cfg["model"].channels_last),
         channels_last=cfg["model"].channels_last)
