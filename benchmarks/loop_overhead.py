@@ -3,17 +3,21 @@
 Our side is the real training path: `setup_job` (Accelerate, AdamW groups, freezing, mixer,
 device stage), `train_one_epoch` with the real `StepHooks` (logging to metrics.jsonl, guards,
 stop checks). The bare side is `normalise -> model(x) -> cross-entropy -> backward -> clip ->
-AdamW.step`. Both run on the same uint8 batches (what the loader delivers), alternating rounds
-so machine noise hits both alike; the ratio of steps/s (ours / bare) is the number to watch
-(target >= 0.95 with mixing and device augmentation off; those are extra work the bare loop
-does not do, so they are reported separately).
+AdamW.step`. Both run on the same uint8 batches (what the loader delivers). The loops take
+turns step by step: on a shared VM the time of one identical step drifts by +-20% over seconds,
+and rounds of 30 steps per loop gave ratios from 0.89 to 1.22 for the same code; turns of one
+step put every loop under the same conditions. The ratio of their total times (ours / bare),
+with the spread of the per-turn ratios, is the number to watch (target >= 0.95 with mixing and
+device augmentation off; those are extra work the bare loop does not do, so they are reported
+separately).
 
-    python -m benchmarks.loop_overhead [--steps 30] [--rounds 3] [--image-size 64]
+    python -m benchmarks.loop_overhead [--chunk 1] [--rounds 80] [--image-size 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -43,45 +47,67 @@ def make_batches(n: int, batch: int, size: int, num_classes: int) -> list[dict]:
     return out
 
 
-def bare_loop(model: torch.nn.Module, batches: list[dict]) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-    normalize = Normalizer(model.mean, model.std)
-    model.train()
-    start = time.perf_counter()
-    for batch in batches:
-        logits = model(normalize(batch["image"].contiguous().float()))["genre"]
-        loss = F.cross_entropy(logits, batch["labels"]["genre"], label_smoothing=0.03)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    return len(batches) / (time.perf_counter() - start)
+class BareLoop:
+    """normalise -> model -> cross-entropy -> backward -> clip -> AdamW.step, nothing else."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.train()
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+        self.normalize = Normalizer(model.mean, model.std)
+
+    def run(self, batches: list[dict]) -> None:
+        for batch in batches:
+            logits = self.model(self.normalize(batch["image"].contiguous().float()))["genre"]
+            loss = F.cross_entropy(logits, batch["labels"]["genre"], label_smoothing=0.03)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
 
 
-def engine_loop(job, batches: list[dict]) -> float:
-    job.state.step, job.state.epoch, job.state.batch_in_epoch = 0, 0, 0
-    job.ctx.total_steps = len(batches)
-    hooks = StepHooks(job, stop_request_for(job))
-    job.logger.restart_clock(0)
-    start = time.perf_counter()
-    train_one_epoch(job.ctx, batches, job.state, len(batches), hooks)
-    return len(batches) / (time.perf_counter() - start)
+class EngineLoop:
+    """The real path: `train_one_epoch` with the real `StepHooks` (logging every 10 steps)."""
+
+    def __init__(self, job, total_steps: int):
+        self.job = job
+        job.state.step, job.state.epoch, job.state.batch_in_epoch = 0, 0, 0
+        job.ctx.total_steps = total_steps + 1   # never "done": no end-of-run work inside a chunk
+        self.hooks = StepHooks(job, stop_request_for(job))
+        job.logger.restart_clock(0)
+
+    def run(self, batches: list[dict]) -> None:
+        self.job.state.batch_in_epoch = 0       # each chunk is a fresh "epoch" of len(batches)
+        train_one_epoch(self.job.ctx, batches, self.job.state, len(batches), self.hooks)
+
+
+def interleaved_seconds(loops: dict[str, "BareLoop | EngineLoop"], batches: list[dict], chunk: int,
+                        rounds: int) -> dict[str, list[float]]:
+    """Seconds per chunk of `chunk` steps, for each loop, the loops taking turns chunk by chunk
+    (the order rotating every round): machine noise, which lasts seconds, hits all of them."""
+    names = list(loops)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds + 1):                 # round 0 warms every loop up and is dropped
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            part = batches[(r * chunk) % len(batches):][:chunk]
+            start = time.perf_counter()
+            loops[name].run(part)
+            if r:
+                seconds[name].append(time.perf_counter() - start)
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=1, help="steps per turn")
+    parser.add_argument("--rounds", type=int, default=80, help="turns per loop (after one warm-up turn)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    results: dict[str, list[float]] = {"bare": [], "engine (no mixing)": [], "engine (+ device augment)": [],
-                                       "engine (+ augment + mixing)": []}
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
         manifest = build_synthetic_shards(shards, n=120, short_side=64, max_side=96, workers=0)
-        batches = make_batches(args.steps, args.batch_size, args.image_size, manifest.num_classes("genre"))
+        batches = make_batches(args.chunk * 4, args.batch_size, args.image_size, manifest.num_classes("genre"))
         common = ["--task", "genre", "--shards", str(shards), "--backbone", "resnet18", "--image-size",
                   str(args.image_size), "--batch-size", str(args.batch_size), "--no-progress",
                   "--log-every", "10", "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1"]
@@ -90,19 +116,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                               "--color-jitter", "0", "0", "0", "0"]))
         augmented = setup_job(parse_train_config([*common, "--out", f"{tmp}/c", *no_mix]))
         mixed = setup_job(parse_train_config([*common, "--out", f"{tmp}/b"]))
-        bare_model = build_model(plain.cfg, manifest, ("genre",))
-        for _ in range(args.rounds):
-            results["bare"].append(bare_loop(bare_model, batches))
-            results["engine (no mixing)"].append(engine_loop(plain, batches))
-            results["engine (+ device augment)"].append(engine_loop(augmented, batches))
-            results["engine (+ augment + mixing)"].append(engine_loop(mixed, batches))
-    medians = {k: statistics.median(v) for k, v in results.items()}
-    print(f"\nloop overhead: resnet18 CNN-RNN, {args.image_size}px, batch {args.batch_size}, "
-          f"{args.steps} steps x {args.rounds} alternating rounds, 1 thread")
-    print(f"{'loop':30s} {'steps/s':>9s} {'ratio vs bare':>14s}")
-    for name, value in medians.items():
-        print(f"{name:30s} {value:9.2f} {value / medians['bare']:14.3f}")
-    return {k: v / medians["bare"] for k, v in medians.items()}
+        total = (args.rounds + 1) * args.chunk
+        loops = {"bare": BareLoop(build_model(plain.cfg, manifest, ("genre",))),
+                 "engine (no mixing)": EngineLoop(plain, total),
+                 "engine (+ device augment)": EngineLoop(augmented, total),
+                 "engine (+ augment + mixing)": EngineLoop(mixed, total)}
+        seconds = interleaved_seconds(loops, batches, args.chunk, args.rounds)
+    bare = sum(seconds["bare"])
+    print(f"\nloop overhead: resnet18 CNN-RNN, {args.image_size}px, batch {args.batch_size}, 1 thread; "
+          f"{args.rounds} turns of {args.chunk} steps per loop, taking turns")
+    print(f"{'loop':30s} {'steps/s':>9s} {'ratio vs bare':>14s} {'per-turn ratio, mean +- 2 s.e.':>32s}")
+    ratios = {}
+    for name, values in seconds.items():
+        ratios[name] = bare / sum(values)
+        turns = [b / v for b, v in zip(seconds["bare"], values)]
+        spread = 2 * statistics.stdev(turns) / math.sqrt(len(turns)) if len(turns) > 1 else float("nan")
+        print(f"{name:30s} {len(values) * args.chunk / sum(values):9.2f} {ratios[name]:14.3f} "
+              f"{statistics.mean(turns):24.3f} +- {spread:.3f}")
+    return ratios
 
 
 if __name__ == "__main__":

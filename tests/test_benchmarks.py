@@ -29,3 +29,23 @@ def test_loader_profile_times_every_stage_of_both_pipelines():
     for name in ("decode", "crop + resize", "collate", "worker total"):
         assert stages[name][0] > 0 and stages[name][1] > 0
     assert stages["colour jitter"][0] > 0 and stages["device stage on CPU (jitter, erase, normalise)"][1] > 0
+
+
+def test_loop_overhead_loops_take_turns_in_rotating_order_and_drop_the_warm_up_turn():
+    from benchmarks.loop_overhead import interleaved_seconds
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, batches):
+            calls.append((self.name, tuple(batches)))
+
+    loops = {name: Recorder(name) for name in "abc"}
+    seconds = interleaved_seconds(loops, list(range(10)), chunk=2, rounds=3)
+    assert [name for name, _ in calls] == list("abc" "bca" "cab" "abc")   # warm-up turn, then 3 rounds
+    assert {name: len(v) for name, v in seconds.items()} == {"a": 3, "b": 3, "c": 3}
+    assert calls[3] == ("b", (2, 3)) and calls[9] == ("a", (6, 7))       # every loop gets the same batches
+    assert all(t >= 0 for v in seconds.values() for t in v)
