@@ -483,3 +483,27 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(how, synthetic_
         state, weights, _, _ = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
         assert state.step == SAVE_EVERY
         assert all(torch.equal(w, load_file(str(saved / "model.safetensors"))[k]) for k, w in weights.items())
+
+
+def test_a_full_disk_under_two_ranks_stops_every_rank_at_once(synthetic_shards, tmp_path):
+    """Only rank 0 writes checkpoints. When its save fails (a file-size limit: EFBIG), rank 1
+    must stop at once with the same one-line error. Before, rank 1 walked on to its next
+    collective: here gloo noticed the closed socket and rank 1 blamed a lost peer; where a
+    backend does not notice, it waited out --collective-timeout (600 s here)."""
+    out = tmp_path / "ddp"
+    launch = ["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+              "--num_processes", "2", "--main_process_port", str(free_port()), str(ROOT / "train.py")]
+    cmd = [sys.executable, "-c", LIMITED, str(1_000_000), *launch, "--shards", str(synthetic_shards), *COMMON,
+           "--collective-timeout", "600", "--out", str(out)]
+    job = Job([], out, cmd=cmd)
+    try:
+        rc = job.wait(240)
+    finally:
+        job.kill_all()
+    assert rc != 0, job.tail()
+    errors = [line for line in job.stderr.splitlines() if line.startswith("train.py: error:")]
+    expected = f"could not write checkpoint {out}/checkpoints/step-{SAVE_EVERY:08d}: "
+    assert len(errors) == 2 and errors[0] == errors[1], job.stderr[-3000:]
+    assert expected in errors[0] and "File too large" in errors[0], errors[0]
+    assert "rank 0 of 2" not in job.stderr  # no rank reports a lost peer: they stopped together
+    assert complete_steps(out) == [] and not list(ckpt.checkpoint_root(out).iterdir())

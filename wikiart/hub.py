@@ -36,6 +36,7 @@ from .hub_push import (NOT_FOUND, HubError, HubPusher, PushOutcome, RetryPolicy,
                        call_with_retries, commit_url, describe, redact)
 from .model_card import build_card, update_card_metrics
 from .preemption import STOPPED_MARKER
+from .ranks import raise_on_every_rank
 
 if TYPE_CHECKING:
     from .training import Job
@@ -298,12 +299,9 @@ def resolve_hub_resume(cfg: dict[str, Any], run_dir: Path, accelerator: Any) -> 
         try:
             download_training_state(cfg["hub"].push_to_hub, run_dir)
         except Exception as exc:  # noqa: BLE001 - reported on every rank below
-            error = str(exc) if isinstance(exc, ckpt.CheckpointError) else f"--resume hub: {describe(exc)}"
-    if accelerator.num_processes > 1:  # every rank must fail alike, not wait on a barrier
-        from accelerate.utils import broadcast_object_list
-        error = broadcast_object_list([error])[0]
-    if error:
-        raise ckpt.CheckpointError(error)
+            error = exc if isinstance(exc, ckpt.CheckpointError) else \
+                ckpt.CheckpointError(f"--resume hub: {describe(exc)}")
+    raise_on_every_rank(accelerator, error)  # every rank fails alike, none waits at a barrier
     return "auto"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+from safetensors import SafetensorError
 
 from . import checkpoint as ckpt
 from .config import DataConfig, to_dict
@@ -31,6 +32,7 @@ from .mixing import Mixer
 from .model import CNNRNNClassifier, from_config
 from .optim import FreezePlan, ModelEMA, build_optimizer
 from .preemption import STOPPED_MARKER
+from .ranks import raise_on_every_rank
 from .runlog import RunLogger
 
 RUN_CONFIG = "config.json"
@@ -81,15 +83,11 @@ def check_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
     error = None
     if accelerator.is_main_process:
         if run_dir.exists() and not run_dir.is_dir():
-            error = f"--out {run_dir} is a file, not a directory"
+            error = RunDirError(f"--out {run_dir} is a file, not a directory")
         elif _holds_run(run_dir) and train.resume is None and not train.overwrite:
-            error = (f"--out {run_dir} already holds a run; pass --resume auto to continue it or "
-                     f"--overwrite to start over")
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-        error = broadcast_object_list([error])[0]
-    if error:
-        raise RunDirError(error)
+            error = RunDirError(f"--out {run_dir} already holds a run; pass --resume auto to continue it or "
+                                f"--overwrite to start over")
+    raise_on_every_rank(accelerator, error)
     return run_dir
 
 
@@ -258,7 +256,7 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
 def save_training_state(job: Job) -> Path | None:
     """Every rank calls this; the main process writes (model and optimizer are identical on all)."""
     acc = job.accelerator
-    path = None
+    path, error = None, None
     if acc.is_main_process:
         net = acc.unwrap_model(job.ctx.model)
         extra: dict[str, Any] = {"class_names": net.class_names_dict(), "task": job.cfg["data"].task}
@@ -267,9 +265,12 @@ def save_training_state(job: Job) -> Path | None:
         if acc.scaler is not None:
             extra["scaler"] = acc.scaler.state_dict()
         job.state.freeze_phase = job.ctx.freeze.phase(job.state.epoch)
-        path = ckpt.save_checkpoint(job.run_dir, job.state, net.state_dict(), job.ctx.optimizer.state_dict(),
-                                    extra, keep_last=job.cfg["train"].keep_last)
-    acc.wait_for_everyone()
+        try:
+            path = ckpt.save_checkpoint(job.run_dir, job.state, net.state_dict(), job.ctx.optimizer.state_dict(),
+                                        extra, keep_last=job.cfg["train"].keep_last)
+        except ckpt.CheckpointError as exc:  # a full disk: every rank stops now, none waits for it
+            error = exc
+    raise_on_every_rank(acc, error)  # also the barrier: no rank runs ahead of the write
     if job.hub is not None:  # after the barrier: a push (or the final wait) never holds other ranks
         job.hub.on_checkpoint(job)
     return path
@@ -278,10 +279,24 @@ def save_training_state(job: Job) -> Path | None:
 def save_best(job: Job, metrics: dict[str, float]) -> None:
     """Keep `best/` in save_pretrained form (EMA weights when EMA is on)."""
     acc = job.accelerator
+    error = None
     if acc.is_main_process:
-        net = acc.unwrap_model(job.ctx.model)
-        tmp = job.run_dir / "best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _write_best(job, metrics)
+        except (OSError, RuntimeError, SafetensorError) as exc:  # safetensors wraps its I/O errors
+            error = ckpt.CheckpointError(f"could not write {job.run_dir / 'best'}: "
+                                         f"{getattr(exc, 'strerror', None) or ' '.join(str(exc).split())} "
+                                         f"(the previous best/ is intact)")
+        if error is None and job.hub is not None:
+            job.hub.on_best(job)  # stages links and enqueues: returns at once
+    raise_on_every_rank(acc, error)
+
+
+def _write_best(job: Job, metrics: dict[str, float]) -> None:
+    net = job.accelerator.unwrap_model(job.ctx.model)
+    tmp = job.run_dir / "best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
         if job.ctx.ema is not None:
             with job.ctx.ema.swapped_into(net):
                 net.save_pretrained(tmp)
@@ -289,9 +304,8 @@ def save_best(job: Job, metrics: dict[str, float]) -> None:
             net.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps({"step": job.state.step, **metrics}, indent=1) + "\n")
         ckpt.replace_directory(tmp, job.run_dir / "best")
-        if job.hub is not None:
-            job.hub.on_best(job)  # stages links and enqueues: returns at once
-    acc.wait_for_everyone()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_validation(job: Job) -> dict[str, float]:
