@@ -28,7 +28,7 @@ from .engine import EvalOutputs, evaluate
 from .evaluation_checkpoint import LoadedModel, eval_data_config, load_model
 from .evaluation_outliers import compute_outliers, write_outlier_files
 from .hub import HubError, check_repo_id, check_token, push_eval_card
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, ManifestError, load_manifest
 from .metrics import evaluation_metrics
 from .report import (plot_confusion, print_summary, write_classification_report, write_json,
                      write_per_class_recall)
@@ -40,7 +40,8 @@ PROG = "evaluate.py"
 
 def load_checked_model(cfg: EvalConfig, manifest: Manifest) -> LoadedModel:
     """The checkpoint's model, refused (CheckpointError) if its classes differ from the manifest."""
-    manifest.split(cfg.split)  # an unknown split fails before the model is loaded
+    if cfg.split not in manifest.splits:  # before the model is loaded
+        raise ManifestError(f"--split {cfg.split}: {cfg.shards} has no such split (it has {', '.join(manifest.splits)})")
     loaded = load_model(cfg.checkpoint, use_ema=cfg.ema)
     check_class_names(loaded.model.class_names_dict(), manifest, f"checkpoint {cfg.checkpoint}")
     return loaded
