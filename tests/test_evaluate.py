@@ -200,7 +200,7 @@ def untrained_checkpoint(synthetic_shards, tmp_path_factory) -> Path:
     ("missing", "no such file or directory"),
     ("not_a_checkpoint", "not a checkpoint"),
     ("offline_hub_id", "Hugging Face Hub could not provide it"),
-    ("unknown_split", "split 'test' is not in the manifest"),
+    ("unknown_split", "--split test: "),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(case, needle, untrained_checkpoint, synthetic_shards,
                                                         tmp_path, capsys):
