@@ -6,7 +6,7 @@ DEMO := runs/demo
 # torch/torchvision pinned where this project is developed (files on disk); any torch>=2.4 works.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test faults bench gpu-bench clean
+.PHONY: demo test faults bench gpu-bench gpu-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(VENV)/.installed
 
 # On a GPU machine: model step alone vs the full pipeline at 384 px (benchmarks/gpu.py).
 gpu-bench: $(VENV)/.installed
+	$(PY) -m benchmarks.gpu
+
+# On a GPU machine: what only CUDA shows (tests/test_cuda.py; skipped elsewhere), then gpu-bench.
+gpu-check: $(VENV)/.installed
+	$(PY) -m pytest -q -rs tests/test_cuda.py
 	$(PY) -m benchmarks.gpu
 
 clean:
