@@ -2,10 +2,13 @@
 
 Both runs are the real `train.py` on the same synthetic shards (loader in the main process,
 so each rank uses one core); throughput is the median of the images/s that training logs,
-skipping the first rows (start-up). The ratio 2-rank / 1-rank is the number to watch
-(ideal 2.0 on a machine with 2 free cores).
+skipping the first rows (start-up). The 1-rank and 2-rank runs take turns for a few rounds
+(this VM's speed drifts by +-20% over seconds to minutes); the ratio of the medians, 2-rank /
+1-rank, is the number to watch (ideal 2.0 on a machine with 2 free cores). Beside it, in the
+same rounds, the same ratio of a bare PyTorch DDP loop (benchmarks/bare_ddp.py): what gloo
+allows on this machine at the time of the run.
 
-    python -m benchmarks.ddp_scaling [--steps 40] [--image-size 64]
+    python -m benchmarks.ddp_scaling [--steps 40] [--rounds 2] [--image-size 64]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.bare_ddp import bare_ddp_rate
 from wikiart.synthetic import build_synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,22 +46,32 @@ def run(ranks: int, shards: Path, out: Path, args: argparse.Namespace) -> float:
     return statistics.median(rates)
 
 
-def main(argv: list[str] | None = None) -> float:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=2, help="1-rank and 2-rank runs, taking turns")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
+    rates: dict[str, list[float]] = {"ours 1": [], "ours 2": [], "bare 1": [], "bare 2": []}
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
         build_synthetic_shards(shards, n=2 * args.batch_size * (args.steps + 2), short_side=64,
                                max_side=96, min_shards=8, workers=0)
-        one = run(1, shards, Path(tmp) / "one", args)
-        two = run(2, shards, Path(tmp) / "two", args)
-    print(f"\nDDP scaling on CPU (gloo), resnet18 CNN-RNN {args.image_size}px, batch {args.batch_size} per rank")
-    print(f"{'ranks':8s} {'images/s':>10s}")
-    print(f"{'1':8s} {one:10.1f}\n{'2':8s} {two:10.1f}\nratio 2/1: {two / one:.2f}")
-    return two / one
+        for r in range(args.rounds):
+            for ranks in ((1, 2) if r % 2 == 0 else (2, 1)):
+                rates[f"ours {ranks}"].append(run(ranks, shards, Path(tmp) / f"r{r}-{ranks}", args))
+                rates[f"bare {ranks}"].append(bare_ddp_rate(ranks, shards, args.batch_size, args.image_size))
+    medians = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"\nDDP scaling on CPU (gloo), resnet18 CNN-RNN {args.image_size}px, batch {args.batch_size} per rank, "
+          f"{args.rounds} rounds taking turns. ours: train.py (loader in the main process); bare: a "
+          f"PyTorch DDP loop on in-memory batches (benchmarks/bare_ddp.py), the machine's ceiling")
+    print(f"{'run':8s} {'images/s (median)':>18s}   per round")
+    for name, value in medians.items():
+        print(f"{name:8s} {value:18.1f}   {' '.join(f'{v:.1f}' for v in rates[name])}")
+    ours, bare = medians["ours 2"] / medians["ours 1"], medians["bare 2"] / medians["bare 1"]
+    print(f"ratio 2/1: ours {ours:.2f}, bare PyTorch DDP {bare:.2f}")
+    return {"ours": ours, "bare": bare}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""The machine's own DDP ceiling: a bare PyTorch DDP loop over gloo, 1 process vs 2.
+
+No Accelerate, no loader, no engine: the same CNN-RNN (resnet18, 64 px) on in-memory batches,
+`DistributedDataParallel` -> cross-entropy -> backward -> clip -> AdamW, each process on one
+thread. `benchmarks.ddp_scaling` prints its 2/1 ratio beside ours, so a shortfall of ours can
+be told apart from what gloo on this machine allows.
+
+    python -m benchmarks.bare_ddp
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+STEPS, WARMUP = 40, 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, shards: str, batch_size: int, image_size: int, results) -> None:
+    from benchmarks.loop_overhead import make_batches
+    from wikiart.config import parse_train_config
+    from wikiart.device_augment import Normalizer
+    from wikiart.manifest import load_manifest
+    from wikiart.training import build_model
+
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    manifest = load_manifest(shards)
+    cfg = parse_train_config(["--task", "genre", "--shards", shards, "--backbone", "resnet18", "--image-size",
+                              str(image_size), "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1"])
+    torch.manual_seed(0)
+    model = build_model(cfg, manifest, ("genre",))
+    net = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True) if world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    normalize = Normalizer(model.mean, model.std)
+    batches = make_batches(10, batch_size, image_size, manifest.num_classes("genre"))
+    seconds = []
+    for i in range(STEPS + WARMUP):
+        start = time.perf_counter()
+        batch = batches[i % len(batches)]
+        logits = net(normalize(batch["image"].contiguous().float()))["genre"]
+        loss = F.cross_entropy(logits, batch["labels"]["genre"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        seconds.append(time.perf_counter() - start)
+    results.put(batch_size / statistics.median(seconds[WARMUP:]))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def bare_ddp_rate(world: int, shards: Path, batch_size: int = 16, image_size: int = 64) -> float:
+    """Total images/s of `world` bare DDP processes (median step time per process)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, world, port, str(shards), batch_size, image_size, results))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    rates = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+def main(argv: list[str] | None = None) -> float:
+    import tempfile
+
+    from wikiart.synthetic import build_synthetic_shards
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_synthetic_shards(Path(tmp) / "s", n=100, short_side=64, max_side=96, workers=0)
+        one, two = bare_ddp_rate(1, Path(tmp) / "s"), bare_ddp_rate(2, Path(tmp) / "s")
+    print(f"bare PyTorch DDP (gloo): 1 process {one:.1f} images/s, 2 processes {two:.1f}: ratio {two / one:.2f}")
+    return two / one
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
