@@ -86,6 +86,16 @@ def _state_dict_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, tor
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
+# What a failed write raises: OSError, or torch.save's / safetensors' wrappers around one.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def write_failure(what: str, exc: BaseException, intact: str) -> CheckpointError:
+    """The one-line error for a write of `what` that failed with `exc` (a WRITE_ERRORS)."""
+    reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+    return CheckpointError(f"could not write {what}: {reason} ({intact})")
+
+
 def save_checkpoint(run_dir: str | Path, state: TrainState, model_state: dict[str, torch.Tensor],
                     optimizer_state: dict[str, Any], extra: dict[str, Any] | None = None,
                     keep_last: int = 2) -> Path:
@@ -106,11 +116,9 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model_state: dict[st
         _fsync_dir_files(tmp)
         (tmp / COMPLETE_MARKER).write_text("ok\n")
         replace_directory(tmp, final)  # a re-save of the same step keeps the old copy until the swap
-    except (OSError, RuntimeError, SafetensorError) as exc:  # torch.save / safetensors wrap I/O errors
+    except WRITE_ERRORS as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
-        raise CheckpointError(f"could not write checkpoint {final}: {reason} "
-                              f"(previous checkpoints are intact)") from exc
+        raise write_failure(f"checkpoint {final}", exc, "previous checkpoints are intact") from exc
     prune_checkpoints(run_dir, keep_last)
     return final
 

@@ -40,8 +40,10 @@ PROG = "evaluate.py"
 
 def load_checked_model(cfg: EvalConfig, manifest: Manifest) -> LoadedModel:
     """The checkpoint's model, refused (CheckpointError) if its classes differ from the manifest."""
-    if cfg.split not in manifest.splits:  # before the model is loaded
-        raise ManifestError(f"--split {cfg.split}: {cfg.shards} has no such split (it has {', '.join(manifest.splits)})")
+    try:
+        manifest.split(cfg.split)  # an unknown split fails before the model is loaded
+    except ManifestError as exc:
+        raise ManifestError(f"--split {cfg.split}: {exc}") from None
     loaded = load_model(cfg.checkpoint, use_ema=cfg.ema)
     check_class_names(loaded.model.class_names_dict(), manifest, f"checkpoint {cfg.checkpoint}")
     return loaded

@@ -26,7 +26,7 @@ class StepHooks:
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=job.accelerator.device)
         self.stopped = False
         self.loss_sum = torch.zeros((), device=job.accelerator.device)
-        self.loss_count = torch.zeros((), device=job.accelerator.device)
+        self.loss_count = 0
         self.skipped_steps: list[int] = []   # by the fp16 loss scaler, since the last log line
 
     def __call__(self, metrics: dict[str, torch.Tensor]) -> bool:
@@ -36,10 +36,11 @@ class StepHooks:
         bad = ~torch.isfinite(metrics["loss"])
         self.first_bad_step = torch.where(bad & (self.first_bad_step < 0),
                                           torch.full_like(self.first_bad_step, step), self.first_bad_step)
-        self.loss_sum += torch.where(bad, 0.0, metrics["loss"])  # a step the fp16 scaler skipped
-        self.loss_count += (~bad).float()                         # does not count in the mean
-        if float(metrics.pop("step_skipped", 0.0)):  # fp16 only; the scaler has synced already
-            self.skipped_steps.append(step)
+        if float(metrics.pop("step_skipped", 0.0)):  # fp16 only (a host value: the scaler synced)
+            self.skipped_steps.append(step)           # its non-finite loss stays out of the mean
+        else:
+            self.loss_sum += metrics["loss"]
+            self.loss_count += 1
         done = step >= job.ctx.total_steps
         if step % train.log_every == 0 or done:
             self.guard()
@@ -75,8 +76,8 @@ class StepHooks:
                                      f"stopping without saving (lower the learning rate or check the data)")
 
     def epoch_mean_loss(self) -> float:
-        mean = float(self.loss_sum / self.loss_count.clamp(min=1))
-        self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), torch.zeros_like(self.loss_count)
+        mean = float(self.loss_sum / max(self.loss_count, 1))
+        self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), 0
         return mean
 
     def _log(self, metrics: dict[str, torch.Tensor], step: int) -> None:

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
-from safetensors import SafetensorError
 
 from . import checkpoint as ckpt
 from .config import DataConfig, to_dict
@@ -283,10 +282,8 @@ def save_best(job: Job, metrics: dict[str, float]) -> None:
     if acc.is_main_process:
         try:
             _write_best(job, metrics)
-        except (OSError, RuntimeError, SafetensorError) as exc:  # safetensors wraps its I/O errors
-            error = ckpt.CheckpointError(f"could not write {job.run_dir / 'best'}: "
-                                         f"{getattr(exc, 'strerror', None) or ' '.join(str(exc).split())} "
-                                         f"(the previous best/ is intact)")
+        except ckpt.WRITE_ERRORS as exc:
+            error = ckpt.write_failure(str(job.run_dir / "best"), exc, "the previous best/ is intact")
         if error is None and job.hub is not None:
             job.hub.on_best(job)  # stages links and enqueues: returns at once
     raise_on_every_rank(acc, error)
