@@ -8,11 +8,14 @@ Both through a DataLoader with the same number of workers (default 1: "per core"
 384 px; rates count samples after the first batch (worker start-up excluded for both).
 Our loader hands uint8 batches to the device stage (jitter, erasing, normalisation); on a
 CPU-only machine that runs in the main process, so a row with it included is shown too.
+Ours is consumed as the training step consumes it: each batch handed back once used, so the
+worker reuses its buffers (`wikiart.batch_buffers`); a row with every batch kept instead (a
+fresh shared-memory buffer per batch) shows what that saves, the two taking turns.
 
 Memory: peak RSS of a loader worker reading the shards once (1x) and ten times (10x: the
 same shard files listed 10 times in the manifest).
 
-    python -m benchmarks.loader [--originals 24] [--workers 1]
+    python -m benchmarks.loader [--originals 24] [--workers 1] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.shard_build import write_dataset, write_originals
+from wikiart.batch_buffers import release_batch
 from wikiart.config import DataConfig
 from wikiart.data import build_train_data
 from wikiart.device_augment import DeviceAugment
@@ -130,24 +134,40 @@ def worker_peak_rss_mb(shards: Path, cfg: DataConfig) -> float:
     pid = it._workers[0].pid  # noqa: SLF001 - the worker process to measure
     peak = 0.0
     for _ in range(info.num_batches):
-        next(it)
+        release_batch(next(it))  # as the training step does
         status = Path(f"/proc/{pid}/status").read_text()
         peak = max(peak, int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 1024)
     del it
     return peak
 
 
-def compare(originals: list[Path], shards: Path, workers: int) -> dict[str, float]:
+def compare(originals: list[Path], shards: Path, workers: int, rounds: int) -> dict[str, float]:
+    """Samples/s of the seed's way and of ours; ours with batches handed back as the training step
+    does (reused buffers) and without (a fresh shared-memory buffer per batch, PyTorch's way),
+    taking turns for `rounds` epochs each (the VM drifts), the median of each reported."""
     seed_loader = DataLoader(SeedDataset(originals, CFG), batch_size=CFG.batch_size, shuffle=True,
                              num_workers=workers, generator=torch.Generator().manual_seed(0))
     seed = steady_rate(seed_loader)
     cfg = replace(CFG, workers=workers)
     manifest = load_manifest(shards)
-    ours = steady_rate(build_train_data(manifest, cfg, rank=0, world_size=1, epoch=0, seed=0).loader)
+
+    def epoch(index: int, on_batch) -> float:
+        return steady_rate(build_train_data(manifest, cfg, rank=0, world_size=1, epoch=index, seed=0).loader,
+                           on_batch)
+
+    reused, fresh = [], []
+    for index in range(rounds):
+        reused.append(epoch(index, release_batch))
+        fresh.append(epoch(index, None))
     stage = DeviceAugment.for_recipe(cfg.color_jitter, cfg.erasing_p, IMAGENET_MEAN, IMAGENET_STD)
-    with_stage = steady_rate(build_train_data(manifest, cfg, rank=0, world_size=1, epoch=1, seed=0).loader,
-                             lambda b: stage(b, torch.device("cpu"), 0))
-    return {"seed": seed, "ours": ours, "ours_with_device_stage_on_cpu": with_stage}
+
+    def device_stage(batch: dict) -> None:
+        stage(batch, torch.device("cpu"), 0)
+        release_batch(batch)
+
+    return {"seed": seed, "ours": float(np.median(reused)), "ours_fresh_buffers": float(np.median(fresh)),
+            "reuse_gain": float(np.median(np.divide(reused, fresh))),  # per round: turns side by side
+            "ours_with_device_stage_on_cpu": epoch(rounds, device_stage)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -155,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--originals", type=int, default=24, help="distinct WikiArt-sized originals")
     parser.add_argument("--repeat", type=int, default=24, help="shard-loader epochs are this many times the originals")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5, help="epochs of each of our two variants, taking turns")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="wikiart-loader-") as tmp:
@@ -163,15 +184,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         originals, shards = build_bench_shards(root, args.originals)
         print(f"wrote {len(originals)} originals and their shards in {time.perf_counter() - start:.0f} s")
         big = repeated_manifest(shards, root / "repeat", args.repeat)  # enough batches for a steady rate
-        rates = compare(originals * 2, big, args.workers)
+        # Memory first: a forked worker's RSS also counts the pages it shares with the main
+        # process, and the rate rounds below grow the main process.
         small_rss = worker_peak_rss_mb(big, CFG)
         large_rss = worker_peak_rss_mb(repeated_manifest(shards, root / "x10", args.repeat * 10), CFG)
+        rates = compare(originals * 2, big, args.workers, args.rounds)
     w = args.workers
     print(f"\n| loader (384 px, batch 16, {w} worker) | samples/s | per worker | vs seed |\n|---|---|---|---|")
-    for name, key in (("seed: originals + PIL + torchvision", "seed"), ("ours: shards, uint8 batches", "ours"),
+    for name, key in (("seed: originals + PIL + torchvision", "seed"),
+                      ("ours: shards, uint8 batches in reused buffers", "ours"),
+                      ("ours, a fresh shared-memory buffer per batch", "ours_fresh_buffers"),
                       ("ours + device stage on this CPU", "ours_with_device_stage_on_cpu")):
         print(f"| {name} | {rates[key]:.1f} | {rates[key] / w:.1f} | {rates[key] / rates['seed']:.1f}x |")
-    print(f"\nloader worker peak RSS: {small_rss:.0f} MB at 1x, {large_rss:.0f} MB at 10x the dataset")
+    print(f"\nreused / fresh buffers, median of the {args.rounds} rounds' ratios: {rates['reuse_gain']:.2f}")
+    print(f"loader worker peak RSS: {small_rss:.0f} MB at 1x, {large_rss:.0f} MB at 10x the dataset")
     return {**rates, "speedup": rates["ours"] / rates["seed"], "per_worker": rates["ours"] / w,
             "worker_rss_1x": small_rss, "worker_rss_10x": large_rss}
 

@@ -4,7 +4,7 @@
 PIL crop+resize, PIL flip, colour jitter as one PIL matrix `convert` (+ ImageStat mean),
 RandomErasing + normalisation in one numpy float pass, float collation. "After" is the current
 one: simplejpeg decode, torch uint8 antialiased crop+resize, flip and parameter draws, uint8
-collation; jitter, erasing and normalisation run batched on the training device
+collation into a reused buffer (`wikiart.batch_buffers`); jitter, erasing and normalisation run batched on the training device
 (`wikiart.device_augment`), timed here on the CPU per batch and reported per sample.
 
     python -m benchmarks.loader_profile [--images 120] [--image-size 384]
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageStat
 
+from wikiart.batch_buffers import BatchBuffers, release_batch
 from wikiart.config import DataConfig
 from wikiart.data_stream import collate, decode_image
 from wikiart.device_augment import DeviceAugment
@@ -98,6 +99,7 @@ def before(data: list[bytes], cfg: DataConfig) -> Stopwatch:
 def after(data: list[bytes], cfg: DataConfig) -> Stopwatch:
     sw, t, size, batch = Stopwatch(), build_train_transform(cfg), cfg.image_size, []
     stage = DeviceAugment.for_recipe(cfg.color_jitter, cfg.erasing_p, IMAGENET_MEAN, IMAGENET_STD)
+    buffers = BatchBuffers(readers=1)
     for i, raw in enumerate(data):
         gen = make_generator(i)
         pixels = sw.run("decode", decode_image, raw, t.decode_size)
@@ -111,8 +113,10 @@ def after(data: list[bytes], cfg: DataConfig) -> Stopwatch:
         batch.append((to_hwc(x), torch.tensor([*factors, *box], dtype=torch.float32)))
         if len(batch) == cfg.batch_size:
             images, augs = zip(*batch)
-            collated = sw.run("collate", collate, [""] * len(batch), list(images), [{}] * len(batch), (), list(augs))
+            collated = sw.run("collate", collate, [""] * len(batch), list(images), [{}] * len(batch), (),
+                              list(augs), (buffers, 0))
             sw.run("device stage on CPU (jitter, erase, normalise)", stage, collated, torch.device("cpu"), i)
+            release_batch(collated)  # as the training step does: the next batch reuses the buffer
             batch = []
     return sw
 

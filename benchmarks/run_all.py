@@ -21,6 +21,7 @@ def summary_rows(results: dict) -> list[tuple[str, str, str]]:
     return [
         ("loader vs seed's way (samples/s, 1 worker each)", f"{ld['speedup']:.1f}x", ">= 8x"),
         ("loader samples/s per worker (384 px, from shards)", f"{ld['per_worker']:.0f}", ">= 250"),
+        ("  reused / fresh batch buffers, same rounds", f"{ld['reuse_gain']:.2f}", "-"),
         ("loader worker CPU ms/sample, before -> after", f"{worker_before:.1f} -> {worker_after:.1f}", "lower"),
         ("loop overhead: engine / bare (no mixing, no augment)", f"{lo['engine (no mixing)']:.2f}", ">= 0.95"),
         ("DDP scaling: 2 ranks / 1 rank (1 thread each)", f"{results['DDP scaling']['ours']:.2f}", ">= 1.8"),

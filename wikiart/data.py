@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .batch_buffers import BatchBuffers
 from .config import DataConfig
 from .data_stream import (CorruptCounter, CorruptSample, Sample, balance_weights, balanced, collate,
                           decode_image, log, range_samples, sample_seed, seeds, shard_permutation,
@@ -55,6 +56,7 @@ class DataInfo:
     num_samples: int
     num_batches: int
     corrupt: CorruptCounter | None = None
+    buffers: BatchBuffers | None = None
 
 
 @dataclasses.dataclass
@@ -92,11 +94,12 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
                  seed: int, num_batches: int, skip_batches: int, weights: np.ndarray | None,
-                 balance_task: str, counter: CorruptCounter):
+                 balance_task: str, counter: CorruptCounter, buffers: BatchBuffers):
         self.shards, self.cfg = shards, cfg
         self.rank, self.world_size, self.epoch, self.seed = rank, world_size, epoch, seed
         self.num_batches, self.skip_batches = num_batches, skip_batches
         self.weights, self.balance_task, self.counter = weights, balance_task, counter
+        self.buffers = buffers
         self.transform = build_train_transform(cfg)
 
     def __len__(self) -> int:
@@ -130,7 +133,8 @@ class TrainStream(IterableDataset):
         samples = itertools.chain(shuffled(quota, self.cfg.shuffle_buffer, shuffle_rng), stream)
         # Whole batches are skipped before decoding, so resuming mid-epoch is cheap.
         samples = itertools.islice(enumerate(samples), my_skip * bs, None)
-        yield from itertools.islice(self._batches(samples, reader, readers), my_batches - my_skip)
+        batches = self._batches(samples, reader, readers, (self.buffers, worker))
+        yield from itertools.islice(batches, my_batches - my_skip)
 
     def _passes(self, start: int, end: int) -> Iterator[Sample]:
         """This reader's range of pass 0, then of pass 1, ... (each pass a new shard order)."""
@@ -146,8 +150,8 @@ class TrainStream(IterableDataset):
                 raise RuntimeError(f"no readable training samples at positions {start}..{end} "
                                    f"of pass {pass_index}; the shards are empty or damaged")
 
-    def _batches(self, samples: Iterator[tuple[int, Sample]], reader: int,
-                 readers: int) -> Iterator[dict[str, Any]]:
+    def _batches(self, samples: Iterator[tuple[int, Sample]], reader: int, readers: int,
+                 buffers: tuple[BatchBuffers, int]) -> Iterator[dict[str, Any]]:
         batch: list[tuple[str, torch.Tensor, dict[str, int], torch.Tensor]] = []
         tasks = tuple(self.shards.num_classes)
         for counter, sample in samples:
@@ -159,7 +163,7 @@ class TrainStream(IterableDataset):
             batch.append((sample.key, image, sample.labels, aug))
             if len(batch) == self.cfg.batch_size:
                 keys, images, labels, augs = map(list, zip(*batch))
-                yield collate(keys, images, labels, tasks, augs)
+                yield collate(keys, images, labels, tasks, augs, buffers)
                 batch = []
 
 
@@ -167,9 +171,9 @@ class EvalStream(IterableDataset):
     """Every sample of a split exactly once across ranks and workers; partial batches kept."""
 
     def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int,
-                 counter: CorruptCounter):
+                 counter: CorruptCounter, buffers: BatchBuffers):
         self.shards, self.cfg = shards, cfg
-        self.rank, self.world_size, self.counter = rank, world_size, counter
+        self.rank, self.world_size, self.counter, self.buffers = rank, world_size, counter, buffers
         self.batch_size = cfg.eval_batch_size or cfg.batch_size
         self.transform = build_eval_transform(cfg)
 
@@ -188,7 +192,9 @@ class EvalStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         sh = self.shards
-        start, end = self.reader_range(*_worker())
+        worker, workers = _worker()
+        start, end = self.reader_range(worker, workers)
+        tasks, buffers = tuple(sh.num_classes), (self.buffers, worker)
         batch: list[tuple[str, torch.Tensor, dict[str, int]]] = []
         for sample in range_samples(sh.paths, sh.sizes, range(len(sh.paths)), start, end,
                                     sh.num_classes, self.counter):
@@ -197,10 +203,10 @@ class EvalStream(IterableDataset):
                 continue
             batch.append((sample.key, self.transform(image), sample.labels))
             if len(batch) == self.batch_size:
-                yield collate(*map(list, zip(*batch)), tuple(sh.num_classes))
+                yield collate(*map(list, zip(*batch)), tasks, buffers=buffers)
                 batch = []
         if batch:
-            yield collate(*map(list, zip(*batch)), tuple(sh.num_classes))
+            yield collate(*map(list, zip(*batch)), tasks, buffers=buffers)
 
 
 def _identity(batch: Any) -> Any:
@@ -269,12 +275,12 @@ def build_train_data(manifest: Manifest, cfg: DataConfig, *, rank: int, world_si
     if cfg.balance != "none":
         weights = balance_weights(manifest.class_counts("train", balance_task), cfg.balance)
     num_batches = train_batches_per_rank(shards.total, world_size, cfg.batch_size)
-    counter = CorruptCounter()
+    counter, buffers = CorruptCounter(), BatchBuffers(loader_workers(cfg.workers))
     stream = TrainStream(shards, cfg, rank=rank, world_size=world_size, epoch=epoch, seed=seed,
                          num_batches=num_batches, skip_batches=max(0, skip_batches), weights=weights,
-                         balance_task=balance_task, counter=counter)
+                         balance_task=balance_task, counter=counter, buffers=buffers)
     return DataInfo(_loader(stream, cfg.workers), num_batches * world_size * cfg.batch_size,
-                    num_batches, counter)
+                    num_batches, counter, buffers)
 
 
 def build_eval_data(manifest: Manifest, split: str, cfg: DataConfig, *, rank: int,
@@ -282,9 +288,9 @@ def build_eval_data(manifest: Manifest, split: str, cfg: DataConfig, *, rank: in
     """The evaluation loader of `rank`: its share of `split`, each sample exactly once overall."""
     _check_rank(rank, world_size)
     shards = _shards(manifest, split, cfg.task)
-    counter = CorruptCounter()
-    stream = EvalStream(shards, cfg, rank=rank, world_size=world_size, counter=counter)
+    counter, buffers = CorruptCounter(), BatchBuffers(loader_workers(cfg.workers))
+    stream = EvalStream(shards, cfg, rank=rank, world_size=world_size, counter=counter, buffers=buffers)
     workers = max(1, loader_workers(cfg.workers))
     ranges = (stream.reader_range(w, workers) for w in range(workers))
     num_batches = sum(math.ceil((end - start) / stream.batch_size) for start, end in ranges)
-    return DataInfo(_loader(stream, cfg.workers), shards.total, num_batches, counter)
+    return DataInfo(_loader(stream, cfg.workers), shards.total, num_batches, counter, buffers)

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import tarfile
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import simplejpeg
@@ -241,17 +241,28 @@ def shuffled(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterato
 
 
 def collate(keys: list[str], images: list[torch.Tensor], labels: list[Mapping[str, int]],
-            tasks: Sequence[str], aug: list[torch.Tensor] | None = None) -> dict:
+            tasks: Sequence[str], aug: list[torch.Tensor] | None = None,
+            buffers: tuple[Any, int] | None = None) -> dict:
     """The batch dict: image uint8 (B, 3, H, W) in channels_last layout (stacked HWC images),
-    labels {task: LongTensor (B,)}, key list, and for training "aug" (B, AUG_SIZE) parameters."""
+    labels {task: LongTensor (B,)}, key list, and for training "aug" (B, AUG_SIZE) parameters.
+
+    `buffers` = (`batch_buffers.BatchBuffers`, reader): the images go into a reusable slot
+    and the batch names it under "buffer" (see `batch_buffers.release_batch`)."""
+    handle = None
+    if buffers is None:
+        pixels = stack(images)
+    else:
+        pixels, handle = buffers[0].stack(images, buffers[1])
     batch = {
-        "image": stack(images).permute(0, 3, 1, 2),
+        "image": pixels.permute(0, 3, 1, 2),
         "labels": {t: torch.tensor([lab.get(t, MISSING) for lab in labels], dtype=torch.long)
                    for t in tasks},
         "key": keys,
     }
     if aug is not None:
         batch["aug"] = stack(aug)
+    if handle is not None:
+        batch["buffer"] = handle
     return batch
 
 

@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from .batch_buffers import release_batch
 from .checkpoint import TrainState
 from .device_augment import DeviceAugment, Normalizer, eval_images
 from .faults import fault_point
@@ -72,6 +73,7 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     parts_sum: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         images = ctx.augment(batch, acc.device, step_seed(ctx.seed, state.step, acc.process_index) + i)
+        release_batch(batch)  # the device stage copied the pixels: the loader may reuse the buffer
         if fault_point("train.batch"):  # WIKIART_FAULT=train.batch@N:nan, the non-finite tests
             images[:1].fill_(float("nan"))
         labels = _labels_to_device(batch, ctx.heads, acc.device)
@@ -189,6 +191,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[
     rows: list[tuple[str, dict[str, np.ndarray], dict[str, int], np.ndarray | None]] = []
     for batch in loader:
         images = eval_images(batch["image"], accelerator.device, normalize, channels_last)
+        release_batch(batch)
         with accelerator.autocast():
             feats = net.embed(images)
             logits = net.classify(feats)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from .batch_buffers import release_batch
 from .config import DataConfig
 from .data import build_eval_data
 from .device_augment import Normalizer, eval_images
@@ -35,7 +36,9 @@ def centroid_sums(accelerator: Accelerator, model: torch.nn.Module, loader: Iter
     counts = {t: torch.zeros(c, dtype=torch.float64, device=device) for t, c in num_classes.items()}
     for batch in loader:
         with accelerator.autocast():
-            feats = model.embed(eval_images(batch["image"], device, normalize))
+            images = eval_images(batch["image"], device, normalize)
+            release_batch(batch)
+            feats = model.embed(images)
         z = F.normalize(feats.double(), dim=1)
         for task, c in num_classes.items():
             labels = batch["labels"][task].to(device)
