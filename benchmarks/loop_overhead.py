@@ -72,6 +72,7 @@ class EngineLoop:
         self.job = job
         job.state.step, job.state.epoch, job.state.batch_in_epoch = 0, 0, 0
         job.ctx.total_steps = total_steps + 1   # never "done": no end-of-run work inside a chunk
+        job.logger.total_steps = job.ctx.total_steps  # the log lines say "step k/N" of this N
         self.hooks = StepHooks(job, stop_request_for(job))
         job.logger.restart_clock(0)
 
