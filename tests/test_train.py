@@ -269,3 +269,32 @@ def test_compile_falls_back_to_eager_when_the_compiler_fails(monkeypatch, capsys
     model = torch.nn.Linear(2, 2)
     assert compile_model(model) is model
     assert "running eagerly" in capsys.readouterr().out
+
+
+def test_images_per_second_leaves_out_the_epoch_end_validation_and_save(synthetic_shards, tmp_path,
+                                                                        monkeypatch):
+    """The logged training rate measures training: a slow validation and checkpoint save at the
+    epoch end (2 s each here) must not show in the first rate logged after them."""
+    import time
+
+    from wikiart import loop
+    from wikiart.config import parse_train_config
+    from wikiart.training import setup_job
+
+    pause = 2.0
+    for name in ("run_validation", "save_training_state"):
+        real = getattr(loop, name)
+        monkeypatch.setattr(loop, name, lambda job, _real=real: (time.sleep(pause), _real(job))[1])
+    out = tmp_path / "rate"
+    args = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--epochs", "2",
+            "--max-steps", "14", "--log-every", "1", "--workers", "0", *TINY]
+    args[args.index("--batch-size") + 1] = "32"  # 400 samples: 12 steps per epoch
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    job = setup_job(parse_train_config(args))
+    assert job.steps_per_epoch == 12
+    loop.fit(job)
+    seconds = {r["step"]: 32 / r["images_per_s"] for r in metrics_rows(out, "train")}
+    assert sorted(seconds) == list(range(1, 15))
+    # Step 13 is the first after the epoch end: its time is one step and the next epoch's start,
+    # well under the 4 s of the pauses (a step here takes ~0.1 s).
+    assert seconds[13] < pause, seconds

@@ -138,10 +138,10 @@ def fit(job: Job) -> dict[str, Any]:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             hooks.guard()
             metrics = run_validation(job)
-            job.logger.restart_clock(state.step)  # images/s counts training time only
             job.logger.epoch_table(state.epoch, {"loss": hooks.epoch_mean_loss()}, metrics)
             state.finished = state.step >= job.ctx.total_steps
             save_training_state(job)
+            job.logger.restart_clock(state.step)  # images/s counts training, not validation or saving
     if job.hub is not None:
         job.hub.finish(job)  # idempotent: the final checkpoint save may already have awaited it
     acc.end_training()
