@@ -4,11 +4,15 @@ Real shards, real DataLoader worker processes writing into shared memory."""
 
 from __future__ import annotations
 
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
 import pytest
 import torch
 
 from shard_helpers import make_shards
-from wikiart.batch_buffers import SLOTS_PER_READER, BatchBuffers, release_batch
+from wikiart.batch_buffers import (INLINE_TENSOR_BYTES, SLOTS_PER_READER, BatchBuffers, release_batch,
+                                  send_small_tensors_inline)
 from wikiart.config import DataConfig
 from wikiart.data import build_eval_data, build_train_data
 from wikiart.device_augment import DeviceAugment
@@ -104,3 +108,23 @@ def test_a_late_release_of_an_earlier_batch_frees_nothing():
     changed = [torch.full((2, 2, 3), 9, dtype=torch.uint8)]
     out, handle5 = pool.stack(changed, reader=0)  # another shape: the slot gets a new buffer
     assert handle5[1] == slot and out.shape == (1, 2, 2, 3) and int(out.max()) == 9
+
+
+def test_small_tensors_travel_by_value_and_large_ones_through_shared_memory(monkeypatch):
+    # What a loader worker sets up, undone after the test (the registry is process-wide).
+    monkeypatch.setitem(ForkingPickler._extra_reducers, torch.Tensor, ForkingPickler._extra_reducers[torch.Tensor])
+    send_small_tensors_inline()
+    small = [torch.arange(48).reshape(16, 3), torch.rand(16, 8), torch.tensor(True), torch.zeros(0, 3),
+             torch.rand(4).bfloat16(), torch.arange(10)[::2], torch.rand(3, 4).t()]
+    for tensor in small:
+        data = ForkingPickler.dumps(tensor)
+        assert len(data) >= tensor.nbytes  # the values are in the message
+        back = pickle.loads(data)
+        assert back.dtype == tensor.dtype and back.shape == tensor.shape and torch.equal(back, tensor)
+        assert not back.is_shared()
+        saved = tensor.clone()
+        back.fill_(1)  # writable, and not a view of the sender's tensor
+        assert torch.equal(tensor, saved)
+    large = torch.rand(INLINE_TENSOR_BYTES // 4 + 1)
+    data = ForkingPickler.dumps(large)
+    assert len(data) < 1000 and torch.equal(pickle.loads(data), large)  # a shared-memory handle

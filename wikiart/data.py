@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .batch_buffers import BatchBuffers
+from .batch_buffers import BatchBuffers, send_small_tensors_inline
 from .config import DataConfig
 from .data_stream import (CorruptCounter, CorruptSample, Sample, balance_weights, balanced, collate,
                           decode_image, log, range_samples, sample_seed, seeds, shard_permutation,
@@ -222,15 +222,17 @@ def _loader(dataset: IterableDataset, workers: int | None) -> DataLoader:
     return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
                       generator=torch.Generator().manual_seed(0),
-                      worker_init_fn=_ignore_stop_signals if workers else None)
+                      worker_init_fn=_init_worker if workers else None)
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
+def _init_worker(_worker_id: int) -> None:
     """SLURM signals every process of a job step, loader workers included; PyTorch's worker
     handler would die on SIGTERM and crash the rank before it can save. The main process
-    handles the stop (wikiart.preemption) and ends its workers itself."""
+    handles the stop (wikiart.preemption) and ends its workers itself. Small tensors of a
+    batch travel by value (see `batch_buffers`)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    send_small_tensors_inline()
 
 
 def _shards(manifest: Manifest, split: str, task: str) -> _Shards:

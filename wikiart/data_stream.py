@@ -260,7 +260,7 @@ def collate(keys: list[str], images: list[torch.Tensor], labels: list[Mapping[st
         "key": keys,
     }
     if aug is not None:
-        batch["aug"] = stack(aug)
+        batch["aug"] = torch.stack(aug)  # small: sent by value (batch_buffers.send_small_tensors_inline)
     if handle is not None:
         batch["buffer"] = handle
     return batch
