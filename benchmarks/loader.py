@@ -15,7 +15,7 @@ fresh shared-memory buffer per batch) shows what that saves, the two taking turn
 Memory: peak RSS of a loader worker reading the shards once (1x) and ten times (10x: the
 same shard files listed 10 times in the manifest).
 
-    python -m benchmarks.loader [--originals 24] [--workers 1] [--rounds 5]
+    python -m benchmarks.loader [--originals 24] [--workers 1] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--originals", type=int, default=24, help="distinct WikiArt-sized originals")
     parser.add_argument("--repeat", type=int, default=24, help="shard-loader epochs are this many times the originals")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5, help="epochs of each of our two variants, taking turns")
+    parser.add_argument("--rounds", type=int, default=4, help="epochs of each of our two variants, taking turns")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="wikiart-loader-") as tmp:

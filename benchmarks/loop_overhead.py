@@ -11,7 +11,7 @@ with the spread of the per-turn ratios, is the number to watch (target >= 0.95 w
 device augmentation off; those are extra work the bare loop does not do, so they are reported
 separately).
 
-    python -m benchmarks.loop_overhead [--chunk 1] [--rounds 80] [--image-size 64]
+    python -m benchmarks.loop_overhead [--chunk 1] [--rounds 64] [--image-size 64]
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def interleaved_seconds(loops: dict[str, "BareLoop | EngineLoop"], batches: list
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk", type=int, default=1, help="steps per turn")
-    parser.add_argument("--rounds", type=int, default=80, help="turns per loop (after one warm-up turn)")
+    parser.add_argument("--rounds", type=int, default=64, help="turns per loop (after one warm-up turn)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)

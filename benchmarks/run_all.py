@@ -39,7 +39,9 @@ def main() -> None:
                      ("profile", loader_profile.main), ("loop overhead", loop_overhead.main),
                      ("DDP scaling", ddp_scaling.main)):
         print(f"\n=== {name} ===", flush=True)
+        section = time.perf_counter()
         results[name] = fn([])
+        print(f"({name}: {time.perf_counter() - section:.0f} s)", flush=True)
     print(f"\n=== summary ({(time.perf_counter() - start) / 60:.1f} min) ===")
     print("| measurement | value | target |\n|---|---|---|")
     for row in summary_rows(results):
