@@ -17,12 +17,13 @@ a batch is never overwritten under code that may still hold it.
 The small tensors of a batch (labels, augmentation parameters) travel inside the pickled
 message instead (`send_small_tensors_inline`, set up in each loader worker): PyTorch would
 move each into its own shared-memory segment and pass a file descriptor through a socket
-per tensor, ~0.7 ms apiece on this VM, ~3 ms of every batch for a few hundred bytes.
+per tensor: ~3 ms of every batch on the development VM, for a few hundred bytes.
 
 The slots' states are one shared integer array made in the consumer's process before the
 workers start (like `CorruptCounter`): +n while the slot's n-th batch is out, -n once it is
 handed back. A batch carries (pool token, slot, n), so a late or repeated release of an
-earlier batch of the same slot finds another n and changes nothing.
+earlier batch of the same slot finds another n and changes nothing. The pool is found by its
+token in a registry of this process; the loader's dataset holds the pool, keeping it alive.
 """
 
 from __future__ import annotations

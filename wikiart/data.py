@@ -56,7 +56,6 @@ class DataInfo:
     num_samples: int
     num_batches: int
     corrupt: CorruptCounter | None = None
-    buffers: BatchBuffers | None = None
 
 
 @dataclasses.dataclass
@@ -282,7 +281,7 @@ def build_train_data(manifest: Manifest, cfg: DataConfig, *, rank: int, world_si
                          num_batches=num_batches, skip_batches=max(0, skip_batches), weights=weights,
                          balance_task=balance_task, counter=counter, buffers=buffers)
     return DataInfo(_loader(stream, cfg.workers), num_batches * world_size * cfg.batch_size,
-                    num_batches, counter, buffers)
+                    num_batches, counter)
 
 
 def build_eval_data(manifest: Manifest, split: str, cfg: DataConfig, *, rank: int,
@@ -295,4 +294,4 @@ def build_eval_data(manifest: Manifest, split: str, cfg: DataConfig, *, rank: in
     workers = max(1, loader_workers(cfg.workers))
     ranges = (stream.reader_range(w, workers) for w in range(workers))
     num_batches = sum(math.ceil((end - start) / stream.batch_size) for start, end in ranges)
-    return DataInfo(_loader(stream, cfg.workers), shards.total, num_batches, counter, buffers)
+    return DataInfo(_loader(stream, cfg.workers), shards.total, num_batches, counter)
