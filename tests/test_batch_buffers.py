@@ -101,7 +101,7 @@ def test_a_late_release_of_an_earlier_batch_frees_nothing():
     assert handle3[1] != slot  # the slot still holds the second batch
     _, handle4 = pool.stack(images, reader=0)
     assert handle4 is None  # both slots out: a fresh buffer
-    batch = {"buffer": handle2}
+    batch = {"buffer": list(handle2)}  # the DataLoader's pin_memory turns tuples into lists (CUDA)
     release_batch(batch)
     release_batch(batch)  # repeated: a no-op
     assert "buffer" not in batch
