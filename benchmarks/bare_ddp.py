@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 STEPS, WARMUP = 40, 5
 
@@ -32,9 +31,8 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, world: int, port: int, shards: str, batch_size: int, image_size: int, results) -> None:
-    from benchmarks.loop_overhead import make_batches
+    from benchmarks.loop_overhead import BareLoop, make_batches
     from wikiart.config import parse_train_config
-    from wikiart.device_augment import Normalizer
     from wikiart.manifest import load_manifest
     from wikiart.training import build_model
 
@@ -48,19 +46,12 @@ def _rank(rank: int, world: int, port: int, shards: str, batch_size: int, image_
     torch.manual_seed(0)
     model = build_model(cfg, manifest, ("genre",))
     net = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True) if world > 1 else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-    normalize = Normalizer(model.mean, model.std)
+    loop = BareLoop(model, forward=net)
     batches = make_batches(10, batch_size, image_size, manifest.num_classes("genre"))
     seconds = []
     for i in range(STEPS + WARMUP):
         start = time.perf_counter()
-        batch = batches[i % len(batches)]
-        logits = net(normalize(batch["image"].contiguous().float()))["genre"]
-        loss = F.cross_entropy(logits, batch["labels"]["genre"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loop.run([batches[i % len(batches)]])
         seconds.append(time.perf_counter() - start)
     results.put(batch_size / statistics.median(seconds[WARMUP:]))
     if world > 1:

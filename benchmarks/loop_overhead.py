@@ -48,16 +48,18 @@ def make_batches(n: int, batch: int, size: int, num_classes: int) -> list[dict]:
 
 
 class BareLoop:
-    """normalise -> model -> cross-entropy -> backward -> clip -> AdamW.step, nothing else."""
+    """normalise -> model -> cross-entropy -> backward -> clip -> AdamW.step, nothing else.
+    `forward`: what runs the model (default the model itself; `bare_ddp` passes its DDP wrapper)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, forward: torch.nn.Module | None = None):
         self.model = model.train()
+        self.forward = forward if forward is not None else model
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
         self.normalize = Normalizer(model.mean, model.std)
 
     def run(self, batches: list[dict]) -> None:
         for batch in batches:
-            logits = self.model(self.normalize(batch["image"].contiguous().float()))["genre"]
+            logits = self.forward(self.normalize(batch["image"].contiguous().float()))["genre"]
             loss = F.cross_entropy(logits, batch["labels"]["genre"], label_smoothing=0.03)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
