@@ -59,14 +59,14 @@ def _pil_jitter(img: Image.Image, factors: list[float]) -> Image.Image:
     return img.convert("RGB", tuple(float(v) for v in affine.reshape(-1)))
 
 
-def _normalise_erase(img: Image.Image, box, gen: torch.Generator) -> torch.Tensor:
+def _normalise_erase(img: Image.Image, box, noise_gen: torch.Generator) -> torch.Tensor:
     chw = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     x = np.empty(chw.shape, dtype=np.float32)
     np.multiply(chw, _SCALE, out=x)
     x += _BIAS
     if box is not None:
         top, left, h, w = box
-        noise = torch.rand((3, h, w), generator=gen).numpy()
+        noise = torch.rand((3, h, w), generator=noise_gen).numpy()
         x[:, top:top + h, left:left + w] = noise * _SCALE * 255 + _BIAS
     return torch.from_numpy(x)
 
@@ -84,12 +84,12 @@ def before(data: list[bytes], cfg: DataConfig) -> Stopwatch:
         left, top, w, h = rrc_params(img.width, img.height, t.scale, t.ratio, gen)
         img = sw.run("crop + resize", lambda: img.resize((size, size), Image.BILINEAR,
                                                          box=(left, top, left + w, top + h)))
-        if torch.rand((), generator=gen).item() < 0.5:
+        if gen.random() < 0.5:
             img = sw.run("flip", img.transpose, Image.FLIP_LEFT_RIGHT)
         factors = jitter_params(t.jitter, gen)
         img = sw.run("colour jitter", _pil_jitter, img, factors)
         box = erasing_box(size, size, t.erasing_p, gen)
-        batch.append(sw.run("erase + normalise", _normalise_erase, img, box, gen))
+        batch.append(sw.run("erase + normalise", _normalise_erase, img, box, torch.Generator().manual_seed(i)))
         if len(batch) == cfg.batch_size:
             sw.run("collate", torch.stack, batch)
             batch = []
@@ -106,7 +106,7 @@ def after(data: list[bytes], cfg: DataConfig) -> Stopwatch:
         left, top, w, h = rrc_params(pixels.shape[1], pixels.shape[0], t.scale, t.ratio, gen)
         x = sw.run("crop + resize", lambda: resize_uint8(as_chw(pixels)[:, :, top:top + h, left:left + w],
                                                          size, size))
-        if torch.rand((), generator=gen).item() < 0.5:
+        if gen.random() < 0.5:
             x = sw.run("flip", x.flip, -1)
         factors = sw.run("draw jitter + erasing", jitter_params, t.jitter, gen)
         box = erasing_box(size, size, t.erasing_p, gen) or (0, 0, 0, 0)

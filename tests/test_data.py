@@ -17,7 +17,8 @@ import torch
 from shard_helpers import CLASSES, make_shards, split_keys
 from wikiart.config import DataConfig
 from wikiart.data import balance_task_for, build_eval_data, build_train_data
-from wikiart.data_stream import Sample, balance_weights, balanced
+from wikiart.data_stream import (CorruptSample, Sample, balance_weights, balanced, check_image_bytes, decode_image,
+                                 iter_shard)
 from wikiart.manifest import ManifestError, load_manifest
 from wikiart.transforms import AUG_SIZE
 
@@ -274,3 +275,59 @@ def test_shards_from_the_shard_builder(synthetic_shards):
         assert len(batches) == info.num_batches and all(len(b["key"]) == 16 for b in batches)
         assert set(batches[0]["labels"]) == set(manifest.tasks)
     assert len(keys) == len(set(keys)) == manifest.num_samples("val")
+
+
+def _jpeg(w: int = 20, h: int = 12) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 200, 30)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (9, 7), (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\xff\xd8\xff\xe0" + b"\0" * 40 + b"\xff\xd9", "unreadable image header"),  # JPEG magic, no frame
+    (_jpeg()[:-10], "truncated JPEG"),
+    (b"this is not an image" * 5, "unreadable image header"),
+    (_png()[:20], "unreadable image header"),
+])
+def test_header_check_rejects_broken_images_before_decoding(data, reason):
+    with pytest.raises(CorruptSample, match=reason):
+        check_image_bytes(data)
+
+
+def test_header_check_accepts_jpeg_and_other_formats_and_both_decode():
+    for data, shape in ((_jpeg(), (12, 20, 3)), (_png(), (7, 9, 3))):
+        check_image_bytes(data)
+        assert decode_image(data, 64).shape == shape  # smaller than 2 x 64: decoded at full size
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_shard_reader_yields_samples_in_order_and_skips_directories_and_meta_files(tmp_path, mode):
+    import io
+    import tarfile
+
+    path = tmp_path / "s.tar"
+    members = [("__meta__/index.json", b"{}"), ("a.jpg", b"A"), ("a.json", b"1"), ("sub", None),
+               ("b.jpg", b"B"), ("b.json", b"2")]
+    with tarfile.open(path, mode) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    samples = list(iter_shard(str(path)))
+    assert [(s["__key__"], s["jpg"], s["json"]) for s in samples] == [("a", b"A", b"1"), ("b", b"B", b"2")]

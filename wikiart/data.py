@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .batch_buffers import BatchBuffers, send_small_tensors_inline
 from .config import DataConfig
 from .data_stream import (CorruptCounter, CorruptSample, Sample, balance_weights, balanced, collate,
-                          decode_image, log, range_samples, sample_seed, seeds, shard_permutation,
+                          decode_image, log, range_samples, seeds, shard_permutation,
                           shuffled)
 from .device_defaults import loader_workers
 from .labels import heads_for_task
@@ -157,7 +157,7 @@ class TrainStream(IterableDataset):
             pixels = _decode(sample, self.transform.decode_size, self.counter)
             if pixels is None:
                 continue
-            gen = make_generator(sample_seed(self.seed, self.epoch, reader, readers, counter))
+            gen = make_generator(self.seed, self.epoch, reader, readers, counter)
             image, aug = self.transform(pixels, gen)
             batch.append((sample.key, image, sample.labels, aug))
             if len(batch) == self.cfg.batch_size:
