@@ -7,6 +7,11 @@ one: simplejpeg decode, torch uint8 antialiased crop+resize, flip and parameter 
 collation into a reused buffer (`wikiart.batch_buffers`); jitter, erasing and normalisation run batched on the training device
 (`wikiart.device_augment`), timed here on the CPU per batch and reported per sample.
 
+The same images are also written into a tar shard, and reading + checking them is timed: before,
+webdataset's stream-mode tar iterator and a PIL header check; after, the loader's own
+`iter_shard` + `parse_sample`. Those rows are listed apart from the per-image stages' totals
+("before" stays the same code from run to run, a yardstick of the machine's speed).
+
     python -m benchmarks.loader_profile [--images 120] [--image-size 384]
 """
 
@@ -14,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import tarfile
+import tempfile
 import time
 from collections import defaultdict
 from typing import Callable
@@ -24,7 +32,7 @@ from PIL import Image, ImageStat
 
 from wikiart.batch_buffers import BatchBuffers, release_batch
 from wikiart.config import DataConfig
-from wikiart.data_stream import collate, decode_image
+from wikiart.data_stream import collate, decode_image, iter_shard, parse_sample
 from wikiart.device_augment import DeviceAugment
 from wikiart.transforms import (IMAGENET_MEAN, IMAGENET_STD, as_chw, build_train_transform, erasing_box,
                                 jitter_params, make_generator, resize_uint8, rrc_params, to_hwc)
@@ -121,6 +129,45 @@ def after(data: list[bytes], cfg: DataConfig) -> Stopwatch:
     return sw
 
 
+def write_shard(data: list[bytes], path: str) -> None:
+    """The images as a shard: `NNNNNN.jpg` + `NNNNNN.json` ({"labels": {"genre": ...}}) per sample."""
+    with tarfile.open(path, "w") as tar:
+        for i, jpg in enumerate(data):
+            for ext, payload in (("jpg", jpg), ("json", json.dumps({"labels": {"genre": i % 10}}).encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def _read_before(path: str) -> int:
+    """webdataset's stream-mode iterator, json, PIL header check (the previous loader's reading)."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    count = 0
+    with open(path, "rb") as fh:
+        for raw in group_by_keys({**f, "__url__": path} for f in tar_file_iterator(fh)):
+            json.loads(raw["json"])
+            with Image.open(io.BytesIO(raw["jpg"])) as img:
+                assert img.size[0] > 0
+            count += 1
+    return count
+
+
+def _read_after(path: str) -> int:
+    return sum(1 for raw in iter_shard(path) if parse_sample(raw, {"genre": 10}))
+
+
+def read_rows(data: list[bytes], rounds: int = 5) -> tuple[float, float]:
+    """(ms/sample before, after) to read and check the samples of one shard; rounds alternate."""
+    sw = Stopwatch()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/shard.tar"
+        write_shard(data, path)
+        for _ in range(rounds):
+            assert sw.run("before", _read_before, path) == sw.run("after", _read_after, path) == len(data)
+    return tuple(1000 * sw.seconds[k] / (rounds * len(data)) for k in ("before", "after"))
+
+
 def profile(data: list[bytes], cfg: DataConfig) -> list[tuple[str, float, float]]:
     """(stage, ms/sample before, ms/sample after); NaN where a stage does not exist."""
     old, new = before(data, cfg), after(data, cfg)
@@ -132,6 +179,7 @@ def profile(data: list[bytes], cfg: DataConfig) -> list[tuple[str, float, float]
     worker_new = sum(v for k, v in new.seconds.items() if not k.startswith("device"))
     rows.append(("worker total", 1000 * worker_old / n, 1000 * worker_new / n))
     rows.append(("all stages on one CPU", 1000 * worker_old / n, 1000 * sum(new.seconds.values()) / n))
+    rows.append(("read + check from a shard (not in the totals)", *read_rows(data)))
     return rows
 
 

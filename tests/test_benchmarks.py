@@ -29,6 +29,7 @@ def test_loader_profile_times_every_stage_of_both_pipelines():
     for name in ("decode", "crop + resize", "collate", "worker total"):
         assert stages[name][0] > 0 and stages[name][1] > 0
     assert stages["colour jitter"][0] > 0 and stages["device stage on CPU (jitter, erase, normalise)"][1] > 0
+    assert all(v > 0 for v in stages["read + check from a shard (not in the totals)"])  # both read all 6
 
 
 def test_loop_overhead_loops_take_turns_in_rotating_order_and_drop_the_warm_up_turn():
