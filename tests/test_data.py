@@ -312,14 +312,10 @@ def test_header_check_accepts_jpeg_and_other_formats_and_both_decode():
         assert decode_image(data, 64).shape == shape  # smaller than 2 x 64: decoded at full size
 
 
-@pytest.mark.parametrize("mode", ["w", "w:gz"])
-def test_shard_reader_yields_samples_in_order_and_skips_directories_and_meta_files(tmp_path, mode):
+def _write_tar(path, mode: str, members) -> None:
     import io
     import tarfile
 
-    path = tmp_path / "s.tar"
-    members = [("__meta__/index.json", b"{}"), ("a.jpg", b"A"), ("a.json", b"1"), ("sub", None),
-               ("b.jpg", b"B"), ("b.json", b"2")]
     with tarfile.open(path, mode) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
@@ -329,5 +325,35 @@ def test_shard_reader_yields_samples_in_order_and_skips_directories_and_meta_fil
             else:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_shard_reader_yields_samples_in_order_and_skips_directories_and_meta_files(tmp_path, mode):
+    path = tmp_path / "s.tar"
+    _write_tar(path, mode, [("__meta__/index.json", b"{}"), ("a.jpg", b"A"), ("a.json", b"1"), ("sub", None),
+                            ("b.jpg", b"B"), ("b.json", b"2")])
     samples = list(iter_shard(str(path)))
     assert [(s["__key__"], s["jpg"], s["json"]) for s in samples] == [("a", b"A", b"1"), ("b", b"B", b"2")]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("mode", ["w:gz", "w:xz", "w:bz2"])
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+def test_damaged_compressed_shard_keeps_the_samples_before_the_damage(tmp_path, caplog, mode, damage):
+    rng = np.random.default_rng(0)  # incompressible payloads: the damage lands mid-shard
+    members = [(f"{i:03d}.{ext}", rng.bytes(2000)) for i in range(30) for ext in ("jpg", "json")]
+    path = tmp_path / "s.tar.x"
+    _write_tar(path, mode, members)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2: len(data) // 2 + 300] = bytes(300)
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="wikiart.data"):
+        samples = list(iter_shard(str(path)))
+    # bzip2 compresses in 900 kB blocks: this whole shard is one, and any damage loses all of it.
+    least = 0 if mode == "w:bz2" else 6
+    assert least <= len(samples) < 30 and "is damaged" in caplog.text
+    assert [s["__key__"] for s in samples] == [f"{i:03d}" for i in range(len(samples))]
+    assert all(s["jpg"] == members[2 * i][1] for i, s in enumerate(samples))

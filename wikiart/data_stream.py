@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import lzma
 import multiprocessing
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -73,7 +75,9 @@ def iter_shard(path: str) -> Iterator[dict]:
         try:
             with tarfile.open(fileobj=fh, mode="r:*") as tar:
                 yield from group_by_keys(_tar_files(tar, path))
-        except (tarfile.TarError, ValueError, OSError) as exc:
+        except (tarfile.TarError, ValueError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            # A compressed shard's decompressor raises its own errors (tarfile's stream mode
+            # wrapped them in ReadError; random access does not).
             log.warning("shard %s is damaged, skipping the rest of it: %s", path, exc)
 
 

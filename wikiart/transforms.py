@@ -49,7 +49,7 @@ IDENTITY_AUG = (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 def make_generator(*parts: int) -> random.Random:
     """A generator that is a pure function of `parts` (any ints, each reduced to 64 bits)."""
-    return random.Random(struct.pack(f"<{len(parts)}Q", *(p & 0xFFFF_FFFF_FFFF_FFFF for p in parts)))
+    return random.Random(struct.pack(f"<{len(parts)}Q", *(int(p) & 0xFFFF_FFFF_FFFF_FFFF for p in parts)))
 
 
 def _uniform(gen: random.Random, low: float, high: float) -> float:
