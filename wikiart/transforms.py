@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DataConfig
+from .data_stream import seeds
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,7 +50,7 @@ IDENTITY_AUG = (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 def make_generator(*parts: int) -> random.Random:
     """A generator that is a pure function of `parts` (any ints, each reduced to 64 bits)."""
-    return random.Random(struct.pack(f"<{len(parts)}Q", *(int(p) & 0xFFFF_FFFF_FFFF_FFFF for p in parts)))
+    return random.Random(struct.pack(f"<{len(parts)}Q", *seeds(*parts)))
 
 
 def _uniform(gen: random.Random, low: float, high: float) -> float:
