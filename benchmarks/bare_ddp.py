@@ -3,7 +3,9 @@
 No Accelerate, no loader, no engine: the same CNN-RNN (resnet18, 64 px) on in-memory batches,
 `DistributedDataParallel` -> cross-entropy -> backward -> clip -> AdamW, each process on one
 thread. `benchmarks.ddp_scaling` prints its 2/1 ratio beside ours, so a shortfall of ours can
-be told apart from what gloo on this machine allows.
+be told apart from what gloo on this machine allows. With `connected=False` the processes
+train the same loop side by side without a process group or DDP: no communication at all,
+the most any 2-process run can get from the machine's cores at that moment.
 
     python -m benchmarks.bare_ddp
 """
@@ -30,14 +32,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, shards: str, batch_size: int, image_size: int, results) -> None:
+def _rank(rank: int, world: int, port: int, shards: str, batch_size: int, image_size: int, connected: bool,
+          start_together, results) -> None:
     from benchmarks.loop_overhead import BareLoop, make_batches
     from wikiart.config import parse_train_config
     from wikiart.manifest import load_manifest
     from wikiart.training import build_model
 
     torch.set_num_threads(1)
-    if world > 1:
+    distributed = world > 1 and connected
+    if distributed:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
     manifest = load_manifest(shards)
@@ -45,26 +49,29 @@ def _rank(rank: int, world: int, port: int, shards: str, batch_size: int, image_
                               str(image_size), "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1"])
     torch.manual_seed(0)
     model = build_model(cfg, manifest, ("genre",))
-    net = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True) if world > 1 else model
+    net = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True) if distributed else model
     loop = BareLoop(model, forward=net)
     batches = make_batches(10, batch_size, image_size, manifest.num_classes("genre"))
     seconds = []
+    start_together.wait()  # without DDP nothing else lines the processes' steps up
     for i in range(STEPS + WARMUP):
         start = time.perf_counter()
         loop.run([batches[i % len(batches)]])
         seconds.append(time.perf_counter() - start)
     results.put(batch_size / statistics.median(seconds[WARMUP:]))
-    if world > 1:
+    if distributed:
         dist.destroy_process_group()
 
 
-def bare_ddp_rate(world: int, shards: Path, batch_size: int = 16, image_size: int = 64) -> float:
-    """Total images/s of `world` bare DDP processes (median step time per process)."""
+def bare_ddp_rate(world: int, shards: Path, batch_size: int = 16, image_size: int = 64,
+                  connected: bool = True) -> float:
+    """Total images/s of `world` bare DDP processes (median step time per process); with
+    `connected=False`, of `world` processes training alone side by side."""
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
+    results, start_together = ctx.Queue(), ctx.Barrier(world)
     port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, world, port, str(shards), batch_size, image_size, results))
-             for r in range(world)]
+    procs = [ctx.Process(target=_rank, args=(r, world, port, str(shards), batch_size, image_size, connected,
+                                             start_together, results)) for r in range(world)]
     for p in procs:
         p.start()
     rates = [results.get(timeout=600) for _ in procs]

@@ -6,7 +6,8 @@ skipping the first rows (start-up). The 1-rank and 2-rank runs take turns for a 
 (this VM's speed drifts by +-20% over seconds to minutes); the ratio of the medians, 2-rank /
 1-rank, is the number to watch (ideal 2.0 on a machine with 2 free cores). Beside it, in the
 same rounds, the same ratio of a bare PyTorch DDP loop (benchmarks/bare_ddp.py): what gloo
-allows on this machine at the time of the run.
+allows on this machine at the time of the run; and of two bare processes training side by side
+with no communication at all ("apart"): what the machine's two cores give any 2-process run.
 
     python -m benchmarks.ddp_scaling [--steps 40] [--rounds 2] [--image-size 64]
 """
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
-    rates: dict[str, list[float]] = {"ours 1": [], "ours 2": [], "bare 1": [], "bare 2": []}
+    rates: dict[str, list[float]] = {"ours 1": [], "ours 2": [], "bare 1": [], "bare 2": [], "apart 2": []}
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
         build_synthetic_shards(shards, n=2 * args.batch_size * (args.steps + 2), short_side=64,
@@ -62,16 +63,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for ranks in ((1, 2) if r % 2 == 0 else (2, 1)):
                 rates[f"ours {ranks}"].append(run(ranks, shards, Path(tmp) / f"r{r}-{ranks}", args))
                 rates[f"bare {ranks}"].append(bare_ddp_rate(ranks, shards, args.batch_size, args.image_size))
+            rates["apart 2"].append(bare_ddp_rate(2, shards, args.batch_size, args.image_size, connected=False))
     medians = {k: statistics.median(v) for k, v in rates.items()}
     print(f"\nDDP scaling on CPU (gloo), resnet18 CNN-RNN {args.image_size}px, batch {args.batch_size} per rank, "
           f"{args.rounds} rounds taking turns. ours: train.py (loader in the main process); bare: a "
-          f"PyTorch DDP loop on in-memory batches (benchmarks/bare_ddp.py), the machine's ceiling")
+          f"PyTorch DDP loop on in-memory batches (benchmarks/bare_ddp.py), gloo's ceiling here; apart: "
+          f"that loop in 2 processes without communication, the cores' ceiling")
     print(f"{'run':8s} {'images/s (median)':>18s}   per round")
     for name, value in medians.items():
         print(f"{name:8s} {value:18.1f}   {' '.join(f'{v:.1f}' for v in rates[name])}")
     ours, bare = medians["ours 2"] / medians["ours 1"], medians["bare 2"] / medians["bare 1"]
-    print(f"ratio 2/1: ours {ours:.2f}, bare PyTorch DDP {bare:.2f}")
-    return {"ours": ours, "bare": bare}
+    apart = medians["apart 2"] / medians["bare 1"]
+    print(f"ratio 2/1: ours {ours:.2f}, bare PyTorch DDP {bare:.2f}, 2 processes apart {apart:.2f}")
+    return {"ours": ours, "bare": bare, "apart": apart}
 
 
 if __name__ == "__main__":

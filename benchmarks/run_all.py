@@ -26,6 +26,7 @@ def summary_rows(results: dict) -> list[tuple[str, str, str]]:
         ("loop overhead: engine / bare (no mixing, no augment)", f"{lo['engine (no mixing)']:.2f}", ">= 0.95"),
         ("DDP scaling: 2 ranks / 1 rank (1 thread each)", f"{results['DDP scaling']['ours']:.2f}", ">= 1.8"),
         ("  bare PyTorch DDP on this machine, same measure", f"{results['DDP scaling']['bare']:.2f}", "-"),
+        ("  2 bare processes without communication / 1", f"{results['DDP scaling']['apart']:.2f}", "-"),
         ("loader worker peak RSS MB, 1x -> 10x data", f"{ld['worker_rss_1x']:.0f} -> {ld['worker_rss_10x']:.0f}", "flat"),
         ("shard builder peak RSS MB, 1x -> 10x data", f"{sb['builder_rss_1x']:.0f} -> {sb['builder_rss_10x']:.0f}", "flat"),
         ("shard build images/s per core", f"{sb['per_core']:.1f}", "-"),
