@@ -19,12 +19,14 @@ import pytest
 import torch
 from hub_double import RecordingHfApi, http_error
 from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import errors as hf_errors
 from PIL import Image
 
 from wikiart import checkpoint as ckpt
 from wikiart import hub
 from wikiart.config import parse_train_config
-from wikiart.hub_push import HubPusher, RetryPolicy, Snapshot
+from wikiart.hub_push import HubError, HubPusher, RetryPolicy, Snapshot
 from wikiart.manifest import load_manifest
 from wikiart.model import CNNRNNClassifier
 from wikiart.model_card import build_card
@@ -270,6 +272,28 @@ def test_hub_down_at_resume_is_a_clear_error(tmp_path, double):
     with pytest.raises(ckpt.CheckpointError, match="--resume hub: download of .* failed after 3 attempt") as info:
         hub.download_training_state(REPO, tmp_path / "run", policy=FAST)
     assert TOKEN not in str(info.value)
+
+
+def test_a_hub_that_cannot_be_asked_is_never_taken_for_a_missing_repo(tmp_path, double, monkeypatch):
+    # huggingface_hub reports a lost connection or a 5xx on download as LocalEntryNotFoundError,
+    # a subclass of EntryNotFoundError: resuming must fail, not start afresh and overwrite the repo.
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    double.create_repo(REPO)
+    double.fail_times, double.error = 99, hf_errors.LocalEntryNotFoundError("connection lost; not in the cache")
+    with pytest.raises(ckpt.CheckpointError, match="failed after 3 attempt.*LocalEntryNotFoundError"):
+        hub.download_training_state(REPO, tmp_path / "run", policy=FAST)
+    with pytest.raises(HubError, match="README.md failed after 3 attempt"):
+        hub.push_eval_card(REPO, {"genre/top1": 0.5}, api=double, policy=FAST)
+    assert double.calls("upload_file") == []  # the pushed card was not replaced by a new one
+    assert not (tmp_path / "run").exists()
+
+
+def test_offline_mode_fails_resume_at_once_with_the_real_client(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "API_FACTORY", None)
+    monkeypatch.delenv(hub.API_ENV, raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ckpt.CheckpointError, match="after 1 attempt.*HF_HUB_OFFLINE is set: unset it"):
+        hub.download_training_state(REPO, tmp_path / "run", policy=RetryPolicy(attempts=3, base_delay=30))
 
 
 def test_the_real_client_is_used_unless_a_double_is_named(monkeypatch, tmp_path):

@@ -32,7 +32,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from . import checkpoint as ckpt
 from .config import to_dict
-from .hub_push import (NOT_FOUND, HubError, HubPusher, PushOutcome, RetryPolicy, Snapshot, say,
+from .hub_push import (HubError, HubPusher, PushOutcome, RetryPolicy, Snapshot, missing_on_hub, say,
                        call_with_retries, commit_url, describe, redact)
 from .model_card import build_card, update_card_metrics
 from .preemption import STOPPED_MARKER
@@ -268,7 +268,7 @@ def download_training_state(repo_id: str, run_dir: Path, api: Any = None,
         say(f"hub: fetched the training state of step {step} from {repo_id}")
         return dest
     except HubError as exc:
-        if isinstance(exc.cause, NOT_FOUND):
+        if missing_on_hub(exc.cause):
             say(f"hub: {repo_id} not found on the Hub; nothing to resume from the Hub")
             return None
         raise ckpt.CheckpointError(f"--resume hub: {exc}") from exc
@@ -317,7 +317,7 @@ def _fetch_card(api: Any, repo_id: str, policy: RetryPolicy, tmp: Path) -> tuple
     except HubError as exc:
         if isinstance(exc.cause, hf_errors.RepositoryNotFoundError):
             return None, False
-        if isinstance(exc.cause, NOT_FOUND):
+        if missing_on_hub(exc.cause):
             return None, True
         raise
     return ModelCard(Path(path).read_text()), True

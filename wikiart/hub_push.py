@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from huggingface_hub import get_token
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
+from huggingface_hub import get_token
 
 from .faults import fault_point
 
@@ -28,6 +29,18 @@ RETRYABLE = (hf_errors.HfHubHTTPError, ConnectionError, TimeoutError, OSError,
 NOT_FOUND = (hf_errors.RepositoryNotFoundError, hf_errors.EntryNotFoundError,
              getattr(hf_errors, "RemoteEntryNotFoundError", hf_errors.EntryNotFoundError),
              hf_errors.RevisionNotFoundError)
+# What the client raises when it could not ask the Hub at all (no connection, a 5xx, offline
+# mode); LocalEntryNotFoundError is also an EntryNotFoundError, but says nothing of the repo.
+UNREACHABLE = (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)
+
+
+def missing_on_hub(exc: BaseException | None) -> bool:
+    """The Hub answered that the repo, revision or file does not exist."""
+    return isinstance(exc, NOT_FOUND) and not isinstance(exc, UNREACHABLE)
+
+
+def offline_mode() -> bool:
+    return bool(hf_constants.HF_HUB_OFFLINE)
 
 
 class HubError(RuntimeError):
@@ -84,9 +97,12 @@ def call_with_retries(fn: Callable[[], Any], policy: RetryPolicy, what: str,
         try:
             return fn(), attempt
         except Exception as exc:  # noqa: BLE001 - sorted below; nothing may kill the caller
-            final = attempt == policy.attempts or isinstance(exc, NOT_FOUND) or not isinstance(exc, RETRYABLE)
+            offline = isinstance(exc, UNREACHABLE) and offline_mode()  # waiting cannot bring the Hub back
+            final = attempt == policy.attempts or missing_on_hub(exc) or offline or not isinstance(exc, RETRYABLE)
             if final:
-                raise HubError(f"{what} failed after {attempt} attempt(s): {describe(exc)}", attempt, exc) from exc
+                hint = "; HF_HUB_OFFLINE is set: unset it to reach the Hub" if offline else ""
+                raise HubError(f"{what} failed after {attempt} attempt(s): {describe(exc)}{hint}", attempt,
+                               exc) from exc
             delay = policy.delay(attempt)
             echo(f"hub: {what} failed (attempt {attempt}/{policy.attempts}): {describe(exc)}; "
                  f"retrying in {delay:.0f}s")
