@@ -5,10 +5,13 @@ path of the engine - the loss scaler skipping an optimizer step whose gradients 
 would otherwise only run on a GPU. This probe hands the Accelerator `torch.amp.GradScaler("cpu")`
 and turns its autocast on (fp16 on the CPU), then runs train.py's real `__main__`: Accelerate's
 own backward, unscale-before-clipping and optimizer step then drive the scaler as on a GPU.
+`WIKIART_PROBE_FUSED=1` also gives AdamW the fused kernel training uses on CUDA: the scaler then
+always calls the optimizer, whose kernel skips a non-finite step itself.
 
     python tests/fp16_cpu_probe.py TRAIN_ARGS... --mixed-precision fp16
 """
 
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ import torch
 from wikiart import training
 
 _make_accelerator = training.make_accelerator
+_build_optimizer = training.build_optimizer
 
 
 def with_cpu_loss_scaler(*args, **kwargs):
@@ -29,7 +33,13 @@ def with_cpu_loss_scaler(*args, **kwargs):
     return accelerator
 
 
+def fused_as_on_cuda(model, cfg, fused=None):
+    return _build_optimizer(model, cfg, fused=True)
+
+
 if __name__ == "__main__":
     training.make_accelerator = with_cpu_loss_scaler
+    if os.environ.get("WIKIART_PROBE_FUSED") == "1":
+        training.build_optimizer = fused_as_on_cuda
     sys.argv = [str(Path(__file__).resolve().parents[1] / "train.py"), *sys.argv[1:]]
     runpy.run_path(sys.argv[0], run_name="__main__")

@@ -182,12 +182,12 @@ def all_finite(tensors: dict[str, torch.Tensor]) -> bool:
 
 
 def train_fp16_with_a_nan_batch(shards: Path, out: Path, steps: int, nan_step: int,
-                                script: Path = ROOT / "train.py") -> subprocess.CompletedProcess:
+                                script: Path = ROOT / "train.py", env: dict | None = None) -> subprocess.CompletedProcess:
     """An fp16 run (EMA on, validation mid-run) whose `nan_step`-th batch holds a NaN image."""
     return run_train(["--shards", str(shards), "--out", str(out), "--task", "genre", "--max-steps", str(steps),
                       "--log-every", "1", "--eval-every", str(nan_step), "--ema-decay", "0.5", "--workers", "0",
-                      "--mixed-precision", "fp16", *TINY], env={"WIKIART_FAULT": f"train.batch@{nan_step}:nan"},
-                     script=script)
+                      "--mixed-precision", "fp16", *TINY],
+                     env={"WIKIART_FAULT": f"train.batch@{nan_step}:nan", **(env or {})}, script=script)
 
 
 def check_the_scaler_skipped_the_nan_step(proc: subprocess.CompletedProcess, out: Path, steps: int,
@@ -213,12 +213,14 @@ def check_the_scaler_skipped_the_nan_step(proc: subprocess.CompletedProcess, out
 
 
 @pytest.mark.faults
-def test_fp16_loss_scaler_skips_the_step_of_a_nan_batch_and_training_goes_on(synthetic_shards, tmp_path):
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["adamw", "fused-adamw-as-on-cuda"])
+def test_fp16_loss_scaler_skips_the_step_of_a_nan_batch_and_training_goes_on(synthetic_shards, tmp_path, fused):
     """fp16 autocast and torch's GradScaler on the CPU (tests/fp16_cpu_probe.py; Accelerate makes
-    neither here); tests/test_cuda.py runs the same check with Accelerate's own on a GPU."""
+    neither here); tests/test_cuda.py runs the same check with Accelerate's own on a GPU. The
+    fused AdamW of CUDA runs skips the step inside its kernel, unseen by Accelerate."""
     out = tmp_path / "fp16"
     proc = train_fp16_with_a_nan_batch(synthetic_shards, out, steps=6, nan_step=3,
-                                       script=ROOT / "tests" / "fp16_cpu_probe.py")
+                                       script=ROOT / "tests" / "fp16_cpu_probe.py", env={"WIKIART_PROBE_FUSED": fused})
     check_the_scaler_skipped_the_nan_step(proc, out, steps=6, nan_step=3)
 
 

@@ -92,8 +92,12 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     if ctx.clip_grad is not None:
         grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.clip_grad)
     apply_lr(ctx.optimizer, state.step, ctx.total_steps, ctx.warmup_steps, ctx.eta_min)
+    scale_before = acc.scaler.get_scale() if acc.scaler is not None else None
     ctx.optimizer.step()
-    skipped = saved_buffers is not None and ctx.optimizer.step_was_skipped  # fp16 scaler: inf/NaN grads
+    # The fp16 scaler backs its scale off exactly when it skips a step (inf/NaN gradients). Not
+    # `optimizer.step_was_skipped`: a fused AdamW (CUDA) is always called and skips in its kernel,
+    # so Accelerate never sees the skip. get_scale() syncs, as Accelerate's own check does.
+    skipped = scale_before is not None and acc.scaler.get_scale() < scale_before
     if skipped:
         saved_buffers.restore()
     elif ctx.ema is not None:
