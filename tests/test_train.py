@@ -175,6 +175,9 @@ def test_nan_injected_into_a_batch_stops_at_that_step_and_best_keeps_the_last_fi
     best = load_file(str(out / "best" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point())
     assert all(torch.equal(best[k], saved[k]) for k in saved)  # best/ is the step-2 model
+    state = ckpt.load_checkpoint(out / "checkpoints" / "step-00000002")[0]
+    (val,) = metrics_rows(out, "val")  # validated before saving: a resume knows the best score
+    assert val["step"] == state.best_step == 2 and state.best_metric == val["score"]
 
 
 def all_finite(tensors: dict[str, torch.Tensor]) -> bool:

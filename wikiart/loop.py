@@ -47,12 +47,12 @@ class StepHooks:
             self._log(metrics, step)
         if done:
             return True
-        if train.save_every and step % train.save_every == 0:
-            self.guard()
-            save_training_state(job)
         if train.eval_every and step % train.eval_every == 0:
             self.guard()
             run_validation(job)
+        if train.save_every and step % train.save_every == 0:  # after validating: the best so far is saved
+            self.guard()
+            save_training_state(job)
         asked = train.stop_at_step is not None and step >= train.stop_at_step
         if self.stop.agreed(step, force_check=asked) or asked:
             self.guard()
