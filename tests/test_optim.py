@@ -67,6 +67,19 @@ def test_freeze_plan_phases():
     assert never.phase(0) == 1 and {id(p) for p in never.frozen_parameters(0)} == stem
 
 
+def test_the_task_presets_freeze_only_a_pretrained_backbone():
+    from wikiart.config import parse_train_config
+    from wikiart.training import freeze_stem_for, unfreeze_epoch_for
+    style = parse_train_config(["--task", "style", "--shards", "s"])
+    assert style["optim"].unfreeze_epoch == 7 and unfreeze_epoch_for(style) is None  # random: trains at once
+    assert not freeze_stem_for(style)
+    for flags in (["--pretrained"], ["--pretrained-path", "w.pth"]):
+        cfg = parse_train_config(["--task", "style", "--shards", "s", *flags])
+        assert unfreeze_epoch_for(cfg) == 7 and freeze_stem_for(cfg)
+    combined = parse_train_config(["--task", "combined", "--shards", "s", "--pretrained"])
+    assert unfreeze_epoch_for(combined) == 4
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

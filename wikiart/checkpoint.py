@@ -48,6 +48,12 @@ class TrainState:
     best_step: int | None = None
     freeze_phase: int = 0
     finished: bool = False
+    # The layout the counts above are in: ranks, batch size per rank, micro-batches per step, and
+    # the loader workers per rank that split the current epoch's data (None: older checkpoints).
+    world_size: int | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    epoch_workers: int | None = None
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:

@@ -6,12 +6,15 @@ to log, validate, save and stop.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .config import DataConfig
 from .data import build_train_data
+from .device_defaults import loader_workers
 from .engine import NonFiniteLossError, train_one_epoch
 from .preemption import EXIT_PREEMPTED, STOP_FILE_NAME, StopRequest
 from .training import Job, run_validation, save_training_state, setup_job
@@ -109,6 +112,21 @@ def stop_request_for(job: Job) -> StopRequest:
     return StopRequest(job.accelerator, stop_file, train.stop_check_every)
 
 
+def data_for_epoch(job: Job) -> DataConfig:
+    """The loader settings for the current epoch. Its data is split among the loader workers of
+    every rank, so a position saved mid-epoch only holds with as many workers: a run resumed on a
+    machine with another default (or another --workers) finishes the epoch with the saved count."""
+    state, data = job.state, job.cfg["data"]
+    readers = max(1, loader_workers(data.workers))  # workers 0 reads like one worker
+    if state.batch_in_epoch == 0 or state.epoch_workers is None:
+        state.epoch_workers = readers
+    elif state.epoch_workers != readers:
+        job.logger.print(f"epoch {state.epoch} is split among {state.epoch_workers} loader worker(s) per rank "
+                         f"(the checkpoint's); finishing it with as many, then {readers}")
+        return dataclasses.replace(data, workers=state.epoch_workers)
+    return data
+
+
 def fit(job: Job) -> dict[str, Any]:
     """Train until the configured length or a stop request; returns the last validation metrics
     (or {"stopped_at_step": N, "exit_code": 75} when stopped early)."""
@@ -123,7 +141,8 @@ def fit(job: Job) -> dict[str, Any]:
         while state.step < job.ctx.total_steps:
             if state.epoch > 0 and job.ctx.freeze.phase(state.epoch) != job.ctx.freeze.phase(state.epoch - 1):
                 job.logger.print(f"epoch {state.epoch}: unfreezing the backbone")
-            info = build_train_data(job.manifest, data, rank=acc.process_index, world_size=acc.num_processes,
+            info = build_train_data(job.manifest, data_for_epoch(job), rank=acc.process_index,
+                                    world_size=acc.num_processes,
                                     epoch=state.epoch, seed=job.cfg["train"].seed,
                                     skip_batches=state.batch_in_epoch)
             train_one_epoch(job.ctx, info.loader, state, job.steps_per_epoch, hooks)

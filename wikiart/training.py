@@ -163,10 +163,21 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
         return model
 
 
+def starts_pretrained(cfg: dict[str, Any]) -> bool:
+    model = cfg["model"]
+    return bool(model.pretrained or model.pretrained_path)
+
+
 def freeze_stem_for(cfg: dict[str, Any]) -> bool:
     """The stem is frozen to keep pretrained low-level filters; a random stem must learn."""
-    model = cfg["model"]
-    return cfg["optim"].freeze_stem and (model.pretrained or model.pretrained_path is not None)
+    return cfg["optim"].freeze_stem and starts_pretrained(cfg)
+
+
+def unfreeze_epoch_for(cfg: dict[str, Any]) -> int | None:
+    """Freezing the backbone for the first epochs keeps pretrained features while the new modules
+    settle. A random backbone is never frozen: it would stay random, its BatchNorm layers (in eval
+    mode while frozen) on their initial statistics."""
+    return cfg["optim"].unfreeze_epoch if starts_pretrained(cfg) else None
 
 
 def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_accum: int) -> int:
@@ -208,7 +219,7 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         accelerator=accelerator, model=prepared_model, optimizer=prepared_opt,
         mixer=Mixer(optim_cfg.mixup_p, optim_cfg.mixup_alpha, optim_cfg.cutmix_p, optim_cfg.cutmix_alpha,
                     num_classes=num_classes),
-        freeze=FreezePlan(model, freeze_stem_for(cfg), optim_cfg.unfreeze_epoch),
+        freeze=FreezePlan(model, freeze_stem_for(cfg), unfreeze_epoch_for(cfg)),
         heads=heads, smoothing=optim_cfg.label_smoothing,
         task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
         grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
@@ -220,11 +231,21 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     if train.report_to:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
     logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
-    logger.print(f"training {data.task} ({', '.join(heads)}) on {accelerator.device}, world size "
-                 f"{accelerator.num_processes}: {steps} steps/epoch, {total} steps, run dir {run_dir}")
+    for line in _start_lines(cfg, heads, accelerator, steps, total, run_dir):
+        logger.print(line)
     job = Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
     job.hub = HubSync.for_job(job)
     return job
+
+
+def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path) -> list[str]:
+    lines = [f"training {cfg['data'].task} ({', '.join(heads)}) on {accelerator.device}, world size "
+             f"{accelerator.num_processes}: {steps} steps/epoch, {total} steps, run dir {run_dir}"]
+    unfreeze = cfg["optim"].unfreeze_epoch
+    if unfreeze is not None and not starts_pretrained(cfg):
+        lines.append(f"unfreeze_epoch {unfreeze} not applied: the backbone starts from random weights and "
+                     f"trains from the first step (freezing applies with --pretrained)")
+    return lines
 
 
 def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator):
@@ -246,10 +267,22 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
         reason = " ".join(lines[:2])[:300] or type(exc).__name__
         raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of this command line "
                                    f"(--backbone and the model flags must match the run's): {reason}") from exc
+    check_data_layout(state, path, accelerator.num_processes, cfg["data"].batch_size, cfg["train"].grad_accum)
     if accelerator.is_main_process:
         print(f"resuming from {path} at step {state.step} (epoch {state.epoch}, "
               f"batch {state.batch_in_epoch})", flush=True)
     return state, extra
+
+
+def check_data_layout(state: ckpt.TrainState, path: Path, world_size: int, batch_size: int, grad_accum: int) -> None:
+    """The checkpoint's step, epoch and data position only mean the same thing in the same layout."""
+    saved = (state.world_size, state.batch_size, state.grad_accum)
+    if state.world_size is not None and saved != (world_size, batch_size, grad_accum):
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} was saved by a run with world size {saved[0]}, --batch-size {saved[1]} and "
+            f"--grad-accum {saved[2]}; this run has {world_size}, {batch_size} and {grad_accum}. Its data "
+            f"position, steps per epoch and learning-rate schedule are counted in that layout: resume with "
+            f"the same three (--workers may differ)")
 
 
 def save_training_state(job: Job) -> Path | None:
@@ -264,6 +297,8 @@ def save_training_state(job: Job) -> Path | None:
         if acc.scaler is not None:
             extra["scaler"] = acc.scaler.state_dict()
         job.state.freeze_phase = job.ctx.freeze.phase(job.state.epoch)
+        job.state.world_size, job.state.batch_size = acc.num_processes, job.cfg["data"].batch_size
+        job.state.grad_accum = job.ctx.grad_accum
         try:
             path = ckpt.save_checkpoint(job.run_dir, job.state, net.state_dict(), job.ctx.optimizer.state_dict(),
                                         extra, keep_last=job.cfg["train"].keep_last)
