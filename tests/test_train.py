@@ -241,6 +241,20 @@ def test_gradient_accumulation_and_ema_are_checkpointed_and_ema_weights_are_best
     assert any(not torch.equal(model[k], shadow[k]) for k in best)  # which differ from the raw ones
 
 
+def test_ema_switched_on_at_resume_averages_from_the_resumed_weights(synthetic_shards, tmp_path):
+    out = tmp_path / "ema-later"
+    common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0", *TINY]
+    run_train([*common, "--max-steps", "3", "--stop-at-step", "2"], check=False)
+    resumed = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[1]
+    run_train([*common, "--max-steps", "3", "--resume", "auto", "--ema-decay", "0.5"])
+    _, step3, _, extra = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
+    shadow = extra["ema"]["shadow"]
+    assert extra["ema"]["num_updates"] == 1
+    for name, value in resumed.items():  # one update: halfway between step 2 and step 3
+        if value.is_floating_point() and not torch.equal(value, step3[name]):
+            torch.testing.assert_close(shadow[name], (value + step3[name]) / 2)
+
+
 def test_report_to_tensorboard_writes_the_logged_scalars(synthetic_shards, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out = tmp_path / "tb"

@@ -262,6 +262,8 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
         optimizer.load_state_dict(optimizer_state)
         if ema is not None and "ema" in extra:
             ema.load_state_dict(extra["ema"])
+        elif ema is not None:  # EMA newly on: it averages from the resumed weights, not the initial ones
+            ema.load_state_dict({"decay": ema.decay, "num_updates": 0, "shadow": model.state_dict()})
     except (RuntimeError, ValueError, KeyError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = " ".join(lines[:2])[:300] or type(exc).__name__
