@@ -16,7 +16,7 @@ import torch
 
 from shard_helpers import CLASSES, make_shards, split_keys
 from wikiart.config import DataConfig
-from wikiart.data import balance_task_for, build_eval_data, build_train_data
+from wikiart.data import balance_task_for, build_eval_data, build_train_data, train_samples_for
 from wikiart.data_stream import (CorruptSample, Sample, balance_weights, balanced, check_image_bytes, decode_image,
                                  iter_shard)
 from wikiart.manifest import ManifestError, load_manifest
@@ -70,6 +70,19 @@ def test_every_rank_yields_the_same_number_of_full_batches(uneven, workers):
         all_keys += keys_of(batches)
     # Split by rank and worker: one epoch without balancing shows a sample at most once.
     assert len(all_keys) == len(set(all_keys)) == info.num_samples == expected * 16
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_single_task_epoch_reads_only_the_samples_labelled_for_it(uneven, workers):
+    assert train_samples_for(uneven, "artist") == 152 - 16  # every 10th painting has no artist
+    assert train_samples_for(uneven, "genre") == train_samples_for(uneven, "combined") == 152
+    keys = []
+    for rank in (0, 1):
+        info, batches = train_epoch(uneven, config(task="artist", workers=workers), rank=rank)
+        assert info.num_batches == len(batches) == 136 // 16
+        assert all(int(label) >= 0 for b in batches for label in b["labels"]["artist"])
+        keys += keys_of(batches)
+    assert len(keys) == len(set(keys)) == 8 * 16  # one pass, no sample twice
 
 
 def test_train_batch_format(uneven):

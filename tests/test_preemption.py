@@ -15,6 +15,8 @@ import torch
 import torchvision
 
 from wikiart import checkpoint as ckpt
+from wikiart.data import train_samples_for
+from wikiart.manifest import load_manifest
 
 from test_train import ROOT, TINY, final_weights, metrics_rows, run_train
 
@@ -108,9 +110,8 @@ def test_two_ranks_agree_on_the_stop_step_and_stay_identical_through_unfreezing(
     for name, value in rank0["final"].items():
         assert torch.equal(value, rank1["final"][name]), f"ranks differ in {name}"
 
-    manifest = json.loads((synthetic_shards / "manifest.json").read_text())
-    steps_per_epoch = sum(s["num_samples"] for s in manifest["splits"]["train"]["shards"]) // 16
-    assert steps_per_epoch == 24  # checkpoint step-00000024 closes epoch 0
+    steps_per_epoch = train_samples_for(load_manifest(synthetic_shards), "genre") // 16  # 2 ranks x 8
+    assert steps_per_epoch == 23  # checkpoint step-00000023 closes epoch 0
     epoch0 = ckpt.load_checkpoint(ckpt.checkpoint_root(out) / f"step-{steps_per_epoch:08d}")[1]
     init = initial_weights(out)
     for name in rank0["backbone"]:

@@ -8,7 +8,9 @@ step, work is balanced to within one sample whatever the shard sizes, any shard 
 
 Training: per epoch (and per pass over the data) the shard order is a permutation seeded by
 (seed, epoch); reader ranges are sized in proportion to the reader's quota of batches, so one
-pass gives each sample to one reader once. A reader balances classes by stochastic repeat/drop,
+pass gives each sample to one reader once. A single-task epoch reads only the samples that
+carry that task's label (on ArtGAN ~19k of 81k paintings have an artist): the rest would only
+cost compute, their loss masked out. A reader balances classes by stochastic repeat/drop,
 takes exactly its quota (continuing into the next pass if balancing or corrupt samples leave it
 short), shuffles through a buffer and augments. Every rank thus yields exactly `num_batches`
 full batches (no DDP hang; the epoch is not `workers` times too long).
@@ -42,7 +44,7 @@ from .data_stream import (CorruptCounter, CorruptSample, Sample, balance_weights
                           decode_image, log, range_samples, seeds, shard_permutation,
                           shuffled)
 from .device_defaults import loader_workers
-from .labels import heads_for_task
+from .labels import BASE_TASKS, MISSING, heads_for_task
 from .manifest import Manifest, ManifestError
 from .transforms import build_eval_transform, build_train_transform, make_generator
 
@@ -100,6 +102,7 @@ class TrainStream(IterableDataset):
         self.weights, self.balance_task, self.counter = weights, balance_task, counter
         self.buffers = buffers
         self.transform = build_train_transform(cfg)
+        self.label_task = cfg.task if cfg.task in BASE_TASKS else None  # combined: every sample
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.skip_batches)
@@ -143,10 +146,13 @@ class TrainStream(IterableDataset):
             found = 0
             for sample in range_samples(sh.paths, sh.sizes, order, start, end, sh.num_classes,
                                         self.counter):
+                if self.label_task is not None and sample.labels.get(self.label_task, MISSING) == MISSING:
+                    continue
                 found += 1
                 yield sample
             if not found:
-                raise RuntimeError(f"no readable training samples at positions {start}..{end} "
+                labelled = f" with a {self.label_task} label" if self.label_task else ""
+                raise RuntimeError(f"no readable training samples{labelled} at positions {start}..{end} "
                                    f"of pass {pass_index}; the shards are empty or damaged")
 
     def _batches(self, samples: Iterator[tuple[int, Sample]], reader: int, readers: int,
@@ -261,6 +267,18 @@ def balance_task_for(cfg: DataConfig) -> str:
     return "style" if cfg.task == "combined" else cfg.task
 
 
+def train_samples_for(manifest: Manifest, task: str) -> int:
+    """Samples one training epoch reads: for a single task, those labelled for it (the manifest's
+    class counts); for combined, all."""
+    counts = manifest.split("train").class_counts
+    if task not in BASE_TASKS or task not in counts:  # a manifest without class counts: all
+        return manifest.num_samples("train")
+    if not sum(counts[task]):
+        raise ManifestError(f"no training sample of the shards has a {task} label; build shards with "
+                            f"--tasks including {task}, or train another --task")
+    return sum(counts[task])
+
+
 def train_batches_per_rank(num_samples: int, world_size: int, batch_size: int) -> int:
     """Batches every rank yields per epoch: one pass over the data, at least one batch."""
     return max(1, num_samples // (world_size * batch_size))
@@ -275,7 +293,7 @@ def build_train_data(manifest: Manifest, cfg: DataConfig, *, rank: int, world_si
     balance_task = balance_task_for(cfg)
     if cfg.balance != "none":
         weights = balance_weights(manifest.class_counts("train", balance_task), cfg.balance)
-    num_batches = train_batches_per_rank(shards.total, world_size, cfg.batch_size)
+    num_batches = train_batches_per_rank(train_samples_for(manifest, cfg.task), world_size, cfg.batch_size)
     counter, buffers = CorruptCounter(), BatchBuffers(loader_workers(cfg.workers))
     stream = TrainStream(shards, cfg, rank=rank, world_size=world_size, epoch=epoch, seed=seed,
                          num_batches=num_batches, skip_batches=max(0, skip_batches), weights=weights,

@@ -19,7 +19,7 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 
 from . import checkpoint as ckpt
 from .config import DataConfig, to_dict
-from .data import build_eval_data, train_batches_per_rank
+from .data import build_eval_data, train_batches_per_rank, train_samples_for
 from .device_augment import DeviceAugment
 from .device_defaults import apply_device_defaults, resolve_mixed_precision
 from .engine import LoopContext, evaluate
@@ -181,7 +181,7 @@ def unfreeze_epoch_for(cfg: dict[str, Any]) -> int | None:
 
 
 def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_accum: int) -> int:
-    batches = train_batches_per_rank(manifest.num_samples("train"), world, data.batch_size)
+    batches = train_batches_per_rank(train_samples_for(manifest, data.task), world, data.batch_size)
     steps = batches // grad_accum
     if steps < 1:
         raise ValueError(f"--grad-accum {grad_accum} is larger than the {batches} batches per epoch")
