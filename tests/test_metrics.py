@@ -43,11 +43,18 @@ def test_task_metrics_match_hand_computed_values():
     assert per_class["b"]["precision"] == pytest.approx(2 / 3) and per_class["b"]["recall"] == 1.0
     assert per_class["b"]["f1"] == pytest.approx(0.8)
     assert per_class["c"]["recall"] == 0.0 and per_class["d"]["f1"] == 0.0
-    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0 + 0) / 4)       # absent class counts as 0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)  # d: no label, no prediction: not averaged
     assert m["weighted_f1"] == pytest.approx((0.5 * 2 + 0.8 * 2 + 0 * 1) / 5)
     assert m["confusion"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     for name in NAMES:  # the report lists every class, absent ones included
         assert name in m["report"]
+
+
+def test_a_perfect_model_has_macro_f1_one_on_a_split_missing_a_class():
+    logits = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.8, 0.2, 0.0]])
+    m = task_metrics(logits, np.array([0, 1, 0]), ["a", "b", "rare"])
+    assert m["macro_f1"] == 1.0 and m["weighted_f1"] == 1.0
+    assert [row["support"] for row in m["per_class"]] == [2, 1, 0]
 
 
 def test_topk_counts_ties_and_caps_k():

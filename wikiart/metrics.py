@@ -114,8 +114,12 @@ def _label_scores(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> d
         y_true, y_pred, labels=classes, average=None, zero_division=0)
     per_class = [{"class": n, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(c)}
                  for n, p, r, f, c in zip(names, precision, recall, f1, support)]
+    # Macro F1 averages the classes that occur among the labels or predictions (scikit-learn's
+    # default): a class absent from both has no F1, and counting it as 0 would keep a perfect
+    # model below 1 on a split that lacks a rare class. Per-class rows still list every class.
+    seen = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     return {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=seen, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted", zero_division=0)),
         "per_class": per_class,
         "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
