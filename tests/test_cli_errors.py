@@ -65,6 +65,7 @@ ROWS = [
     ("train-image-size-zero", "train.py", ["--image-size", "0"], ["--image-size", "got 0"]),
     ("train-image-size-negative", "train.py", ["--image-size", "-32"], ["--image-size", "-32"]),
     ("train-eval-resize-zero", "train.py", ["--eval-resize", "0"], ["--eval-resize"]),
+    ("train-eval-resize-below-the-crop", "train.py", ["--eval-resize", "16"], ["--eval-resize 16", "32-px"]),
     ("train-config-wrong-type", "train.py", ["--config", "{bad_yaml}"], ["{bad_yaml}", "batch_size"]),
     ("train-grad-accum-too-large", "train.py", ["--grad-accum", "1000"], ["--grad-accum 1000"]),
     # train.py: shards
@@ -89,6 +90,7 @@ ROWS = [
     ("evaluate-batch-size-not-an-int", "evaluate.py", ["--batch-size", "abc"], ["--batch-size", "abc"]),
     ("evaluate-batch-size-zero", "evaluate.py", ["--batch-size", "0"], ["--batch-size"]),
     ("evaluate-eval-resize-negative", "evaluate.py", ["--eval-resize", "-1"], ["--eval-resize"]),
+    ("evaluate-eval-resize-below-the-crop", "evaluate.py", ["--eval-resize", "16"], ["--eval-resize 16", "32-px"]),
     ("evaluate-shards-missing", "evaluate.py", ["--shards", "{nowhere}"], ["{nowhere}"]),
     ("evaluate-shards-without-manifest", "evaluate.py", ["--shards", "{empty_dir}"], ["{empty_dir}"]),
     ("evaluate-shards-other-version", "evaluate.py", ["--shards", "{old_shards}"],

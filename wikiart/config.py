@@ -127,8 +127,17 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_train_config(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return parse_config(TRAIN_SECTIONS, argv, "Train the WikiArt CNN-RNN classifier.",
-                        presets=TASK_PRESETS, preset_key="task", prog="train.py")
+    cfg = parse_config(TRAIN_SECTIONS, argv, "Train the WikiArt CNN-RNN classifier.",
+                       presets=TASK_PRESETS, preset_key="task", prog="train.py")
+    check_eval_resize(cfg["data"].eval_resize, cfg["data"].image_size)
+    return cfg
+
+
+def check_eval_resize(eval_resize: int | None, image_size: int) -> None:
+    """Before any work: a centre crop larger than the resized image fails only in the loader."""
+    if eval_resize is not None and eval_resize < image_size:
+        raise ConfigError(f"--eval-resize {eval_resize}: smaller than the {image_size}-px centre crop "
+                          f"(the model's image size); use at least {image_size}")
 
 
 # ---------------------------------------------------------------------------------------------

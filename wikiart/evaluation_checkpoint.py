@@ -22,7 +22,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from . import checkpoint as ckpt
-from .config import TRAIN_SECTIONS, DataConfig, from_dict
+from .config import TRAIN_SECTIONS, DataConfig, check_eval_resize, from_dict
 from .model import CNNRNNClassifier
 
 RUN_CONFIG = "config.json"  # the resolved training config at the top of a run directory
@@ -144,6 +144,7 @@ def eval_data_config(loaded: LoadedModel, shards: str, batch_size: int, workers:
     """The DataConfig of the eval stream: the model's image size, the run's eval resize."""
     heads = loaded.model.tasks
     task = heads[0] if len(heads) == 1 else "combined"
+    check_eval_resize(eval_resize, loaded.model.image_size)
     return DataConfig(task=task, shards=shards, image_size=loaded.model.image_size,
                       eval_resize=eval_resize or loaded.eval_resize, batch_size=batch_size,
                       eval_batch_size=batch_size, workers=workers)
