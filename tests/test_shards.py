@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import ARTGAN_IMAGES, ARTGAN_VAL, write_artgan
 from wikiart.images import target_size
 from wikiart.manifest import load_manifest
-from wikiart.shards import BuildConfig, build_shards, main, merge_manifests, parse_build_config, plan_shards
+from wikiart.shards import BuildConfig, BuildError, build_shards, main, merge_manifests, parse_build_config, plan_shards
 from wikiart.shards_io import STATE_DIR, iter_shard_samples, verify_shards
 from wikiart.sources import Record, SyntheticSource, make_key
 
@@ -86,6 +86,8 @@ def test_plan_respects_shard_size_min_shards_and_seed():
     other = plan_shards(records, BuildConfig(out="x", seed=1))
     assert [r.key for r in other[0].records] != [r.key for r in plans[0].records]
     assert len(plan_shards(records[:5], cfg)) == 5   # min shards only where the count allows
+    huge = BuildConfig(out="x", short_side=0, shard_mb=0.001)  # originals' byte estimate: >> 1 shard each
+    assert [len(p.records) for p in plan_shards(records[:30], huge)] == [1] * 30  # never an empty shard
 
 
 def test_artgan_build_end_to_end(artgan, tmp_path):
@@ -151,6 +153,17 @@ def test_parts_plus_merge_equal_single_build(tmp_path):
     assert main(["--out", str(out), "--merge-manifests"]) == 0
     assert files(out) == files(tmp_path / "single")
     assert json.loads((out / "manifest.json").read_text()) == single.to_json()
+    # Cut again into 2 parts: the 3-part manifests go, the merge counts every shard once.
+    for part in (0, 1):
+        synthetic(out, 60, "--num-parts", "2", "--part", str(part))
+    assert sorted(p.name for p in out.glob("manifest-part-*")) == [
+        "manifest-part-0000-of-0002.json", "manifest-part-0001-of-0002.json"]
+    assert main(["--out", str(out), "--merge-manifests"]) == 0
+    assert json.loads((out / "manifest.json").read_text()) == single.to_json()
+    (out / "manifest-part-0000-of-0003.json").write_text((out / "manifest-part-0000-of-0002.json").read_text()
+                                                         .replace('"num_parts": 2', '"num_parts": 3'))
+    with pytest.raises(BuildError, match=r"part manifests of --num-parts \[2, 3\]"):
+        merge_manifests(out)
 
 
 @pytest.mark.faults

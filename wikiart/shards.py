@@ -140,7 +140,8 @@ def plan_shards(records: Sequence[Record], cfg: BuildConfig, sequential: bool = 
         random.Random(f"wikiart-shards:{cfg.seed}:{split}").shuffle(recs)
         total_bytes = sum(_estimated_bytes(r, cfg) for r in recs)
         count = max(math.ceil(len(recs) / cfg.shard_size), math.ceil(total_bytes / (cfg.shard_mb * 1e6)),
-                    min(min_shards, len(recs)))
+                    min_shards)
+        count = min(count, len(recs))  # a byte estimate above the records' count: no empty shards
         for i in range(count):
             chunk = recs[i * len(recs) // count:(i + 1) * len(recs) // count]
             if sequential:  # a stream is written in source order
@@ -201,6 +202,9 @@ def build_shards(cfg: BuildConfig) -> Manifest | None:
         manifest.save(out)
         manifest.root = out
         return manifest
+    for other in out.glob("manifest-part-*-of-*.json"):  # the same build cut into another number of parts
+        if not other.name.endswith(f"-of-{cfg.num_parts:04d}.json"):
+            other.unlink(missing_ok=True)
     atomic_write_json(part_manifest_path(out, cfg.part, cfg.num_parts),
                       {"fingerprint": fp, "part": cfg.part, "num_parts": cfg.num_parts, "meta": meta,
                        "shards_expected": [p.name for p in plans],
@@ -297,6 +301,9 @@ def merge_manifests(out: str | Path) -> Manifest:
     parts = [json.loads(f.read_text()) for f in files]
     if len({p["fingerprint"] for p in parts}) != 1:
         raise BuildError(f"--merge-manifests: the part manifests in {out} come from different builds")
+    if len({p["num_parts"] for p in parts}) != 1:  # each set alone lists every shard: never add them up
+        raise BuildError(f"--merge-manifests: {out} holds part manifests of --num-parts "
+                         f"{sorted({p['num_parts'] for p in parts})}; remove those of the build you abandoned")
     num_parts = parts[0]["num_parts"]
     missing = sorted(set(range(num_parts)) - {p["part"] for p in parts if p["num_parts"] == num_parts})
     if missing:
