@@ -139,6 +139,20 @@ def test_save_pretrained_round_trip(tmp_path):
     assert loaded.class_names_dict() == CLASSES and loaded.mean == model.mean
 
 
+def test_the_eval_resize_travels_in_config_json_to_a_model_loaded_without_its_run(tmp_path, monkeypatch):
+    from wikiart import evaluation_checkpoint
+    small_model(eval_resize=72).save_pretrained(tmp_path / "pushed")
+    assert json.loads((tmp_path / "pushed" / "config.json").read_text())["eval_resize"] == 72
+    # A Hub repo id: from_pretrained downloads this very folder (no run config.json beside it).
+    monkeypatch.setattr(evaluation_checkpoint, "_from_pretrained",
+                        lambda name: CNNRNNClassifier.from_pretrained(tmp_path / "pushed"))
+    loaded = evaluation_checkpoint.load_model("painter/wikiart-genre")
+    assert loaded.kind == "hub" and loaded.eval_resize == 72
+    data = evaluation_checkpoint.eval_data_config(loaded, "shards", batch_size=4, workers=0)
+    assert data.eval_resize == 72 and data.image_size == 64
+    assert CNNRNNClassifier("resnet18", class_names=CLASSES).eval_resize is None  # default 13/12 of the size
+
+
 def test_from_pretrained_is_strict(tmp_path):
     """A checkpoint missing a tensor must fail, not keep a randomly initialised one."""
     small_model().save_pretrained(tmp_path)

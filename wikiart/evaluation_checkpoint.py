@@ -81,7 +81,7 @@ def _load_pretrained(path: Path) -> LoadedModel:
         model = _from_pretrained(str(path))
     except Exception as exc:  # noqa: BLE001 - config/weight mismatches surface as many types
         raise ckpt.CheckpointError(f"could not load the model in {path}: {exc}") from exc
-    return LoadedModel(model.eval(), "pretrained", str(path), _run_eval_resize(path.parent))
+    return LoadedModel(model.eval(), "pretrained", str(path), model.eval_resize or _run_eval_resize(path.parent))
 
 
 def _load_hub(repo_id: str) -> LoadedModel:
@@ -91,7 +91,7 @@ def _load_hub(repo_id: str) -> LoadedModel:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ckpt.CheckpointError(f"--checkpoint {repo_id}: no such local directory, and the "
                                    f"Hugging Face Hub could not provide it ({reason})") from exc
-    return LoadedModel(model.eval(), "hub", repo_id, None)
+    return LoadedModel(model.eval(), "hub", repo_id, model.eval_resize)  # config.json carries it
 
 
 def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -129,7 +129,8 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
         weights, kind = extra["ema"]["shadow"], "ema"
     # The weights come from the checkpoint: never load ImageNet weights on top.
     model_cfg = dataclasses.replace(cfg["model"], pretrained=False, pretrained_path=None)
-    model = CNNRNNClassifier.from_config(model_cfg, extra["class_names"], cfg["data"].image_size)
+    model = CNNRNNClassifier.from_config(model_cfg, extra["class_names"], cfg["data"].image_size,
+                                         cfg["data"].eval_resize)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

@@ -65,13 +65,15 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
                  class_names: dict[str, list[str]] | None = None, proj_dim: int = 320,
                  rnn_hidden: int = 256, rnn_layers: int = 2, rnn_dropout: float = 0.2,
                  head_dropout: float = 0.4, use_rnn: bool = True, image_size: int = 384,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 eval_resize: int | None = None):
         super().__init__()
         counts, names = _check_heads(num_classes, class_names)
         self.backbone_name = backbone
         self.class_names = names
         self.use_rnn = use_rnn
         self.image_size = int(image_size)
+        self.eval_resize = int(eval_resize) if eval_resize else None  # the run's --eval-resize; None: the default
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.backbone, self.feature_channels, self._stem = build_backbone(backbone)
         self.embed_dim = self.feature_channels
@@ -90,7 +92,7 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
             backbone=backbone, num_classes=counts, class_names=names, proj_dim=proj_dim,
             rnn_hidden=rnn_hidden, rnn_layers=rnn_layers, rnn_dropout=rnn_dropout,
             head_dropout=head_dropout, use_rnn=use_rnn, image_size=self.image_size,
-            mean=list(self.mean), std=list(self.std))
+            mean=list(self.mean), std=list(self.std), eval_resize=self.eval_resize)
 
     def hub_config(self) -> dict:
         """What save_pretrained writes to config.json (architecture, classes, preprocessing)."""
@@ -98,12 +100,13 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
 
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, class_names: Mapping[str, Sequence[str]],
-                    image_size: int) -> "CNNRNNClassifier":
+                    image_size: int, eval_resize: int | None = None) -> "CNNRNNClassifier":
         """Build from the CLI's ModelConfig; loads ImageNet weights when asked (never downloads)."""
         model = cls(backbone=model_cfg.backbone, class_names={t: list(v) for t, v in class_names.items()},
                     proj_dim=model_cfg.proj_dim, rnn_hidden=model_cfg.rnn_hidden,
                     rnn_layers=model_cfg.rnn_layers, rnn_dropout=model_cfg.rnn_dropout,
-                    head_dropout=model_cfg.head_dropout, use_rnn=model_cfg.rnn, image_size=image_size)
+                    head_dropout=model_cfg.head_dropout, use_rnn=model_cfg.rnn, image_size=image_size,
+                    eval_resize=eval_resize)
         # --pretrained-path alone also means "start from these ImageNet weights"
         if model_cfg.pretrained or model_cfg.pretrained_path:
             model.load_imagenet_weights(model_cfg.pretrained_path)
@@ -163,6 +166,6 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
 
 
 def from_config(model_cfg: ModelConfig, class_names: Mapping[str, Sequence[str]],
-                image_size: int) -> CNNRNNClassifier:
+                image_size: int, eval_resize: int | None = None) -> CNNRNNClassifier:
     """Build the classifier the training command asked for (see CNNRNNClassifier.from_config)."""
-    return CNNRNNClassifier.from_config(model_cfg, class_names, image_size)
+    return CNNRNNClassifier.from_config(model_cfg, class_names, image_size, eval_resize)

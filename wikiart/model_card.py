@@ -169,7 +169,8 @@ def _usage_section(repo_id: str, model_config: Mapping[str, Any], eval_resize: i
 
 def _eval_resize(model_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> int:
     size = int(model_config.get("image_size") or 384)
-    return run_config.get("data", {}).get("eval_resize") or round(size * EVAL_RESIZE_RATIO)
+    return (model_config.get("eval_resize") or run_config.get("data", {}).get("eval_resize")
+            or round(size * EVAL_RESIZE_RATIO))
 
 
 def build_card(repo_id: str, model_config: Mapping[str, Any], *, run_config: Mapping[str, Any] | None = None,

@@ -118,7 +118,7 @@ def check_manifest_for_task(manifest: Manifest, task: str) -> tuple[str, ...]:
 def build_model(cfg: dict[str, Any], manifest: Manifest, heads: tuple[str, ...]) -> CNNRNNClassifier:
     torch.manual_seed(cfg["train"].seed)  # identical init on every rank
     class_names = {t: manifest.class_names(t) for t in heads}
-    return from_config(cfg["model"], class_names, cfg["data"].image_size)
+    return from_config(cfg["model"], class_names, cfg["data"].image_size, cfg["data"].eval_resize)
 
 
 def check_class_names(saved: dict[str, list[str]], manifest: Manifest, where: str,
