@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -253,6 +254,19 @@ def test_ema_switched_on_at_resume_averages_from_the_resumed_weights(synthetic_s
     for name, value in resumed.items():  # one update: halfway between step 2 and step 3
         if value.is_floating_point() and not torch.equal(value, step3[name]):
             torch.testing.assert_close(shadow[name], (value + step3[name]) / 2)
+
+
+def test_rows_logged_after_the_last_checkpoint_are_not_kept_twice(synthetic_shards, tmp_path):
+    out = tmp_path / "killed"
+    common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",
+              "--max-steps", "6", "--save-every", "2", "--eval-every", "2", "--log-every", "1", *TINY]
+    run_train(common)
+    shutil.rmtree(ckpt.checkpoint_root(out) / "step-00000006")  # as if killed after logging steps 5, 6
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"kind": "train", "st')  # and in the middle of a line
+    run_train([*common, "--resume", "auto"])
+    assert [r["step"] for r in metrics_rows(out, "train")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in metrics_rows(out, "val")] == [2, 4, 6]
 
 
 def test_report_to_tensorboard_writes_the_logged_scalars(synthetic_shards, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,13 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line cut by the kill: dropped
+        return sys.maxsize
 
 
 class RunLogger:
@@ -61,6 +69,18 @@ class RunLogger:
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if numeric:
             self.accelerator.log(numeric, step=step)
+
+    def forget_after(self, step: int) -> None:
+        """Drop the rows logged after `step`: a run killed after its last checkpoint logged steps
+        that the resumed run trains (and logs) again."""
+        if not self.enabled or not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _row_step(line) <= step]
+        if len(kept) < len(lines):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
 
     def restart_clock(self, step: int) -> None:
         """Measure throughput from `step` on (after a resume or a pause such as validation)."""

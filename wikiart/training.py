@@ -231,6 +231,7 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     if train.report_to:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
     logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
+    logger.forget_after(state.step)  # a resumed run logs the steps after its checkpoint again
     for line in _start_lines(cfg, heads, accelerator, steps, total, run_dir):
         logger.print(line)
     job = Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
