@@ -1,8 +1,9 @@
 """The training and evaluation loop: `train_step`, `train_one_epoch`, `evaluate`.
 
 This is the only module that talks to the `Accelerator` inside the loop. Everything random
-in a step (MixUp/CutMix draws, dropout) is seeded from (seed, step, rank), so a run resumed
-from a checkpoint at step k does exactly what the uninterrupted run did from step k on.
+in a step is seeded: the MixUp/CutMix draws from (seed, step), so every rank mixes alike;
+dropout and the device augmentation from (seed, step, rank). A run resumed from a checkpoint
+at step k does exactly what the uninterrupted run did from step k on.
 """
 
 from __future__ import annotations
