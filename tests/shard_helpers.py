@@ -56,8 +56,8 @@ def write_split(root: Path, split: str, shard_sizes: Sequence[int], *, seed: int
                 image_size: tuple[int, int] = (48, 40)) -> SplitInfo:
     """Write `split-NNNNNN.tar` shards; `corrupt` maps a sample index within the split to a kind.
 
-    Keys are `{split}{index:05d}`; corrupt samples count in the shard sizes but not in the
-    class counts.
+    Keys are `{split}{index:05d}`; corrupt samples count in the shard sizes and in the
+    class counts (the damage came after the build).
     """
     rng = np.random.default_rng(seed)
     corrupt = corrupt or {}
@@ -72,12 +72,11 @@ def write_split(root: Path, split: str, shard_sizes: Sequence[int], *, seed: int
                 jpg = jpeg_bytes(rng, image_size)
                 meta = json.dumps({"key": key, "labels": labels, "source": "test",
                                    "orig_size": list(image_size)}).encode()
+                for t, v in labels.items():  # counted as the builder did, before the damage
+                    if v >= 0:
+                        info.class_counts[t][v] += 1
                 if index in corrupt:
                     jpg, meta = corrupt_member(corrupt[index], jpg, meta)
-                else:
-                    for t, v in labels.items():
-                        if v >= 0:
-                            info.class_counts[t][v] += 1
                 sink.write({"__key__": key, "jpg": jpg, "json": meta})
                 index += 1
         path = root / name

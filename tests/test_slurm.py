@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 from wikiart import checkpoint as ckpt
+from wikiart.data import train_samples_for
+from wikiart.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -126,8 +128,8 @@ def train_steps(run_dir: Path) -> list[int]:
 
 
 def n_train(shards: Path) -> int:
-    manifest = json.loads((shards / "manifest.json").read_text())
-    return sum(s["num_samples"] for s in manifest["splits"]["train"]["shards"])
+    """Training samples of a genre epoch: those with a genre label."""
+    return train_samples_for(load_manifest(shards), "genre")
 
 
 @pytest.fixture(scope="session")

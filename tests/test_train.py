@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from wikiart import checkpoint as ckpt
+from wikiart.data import train_samples_for
+from wikiart.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
@@ -65,13 +67,13 @@ def test_single_process_run_writes_checkpoint_best_and_metrics(synthetic_shards,
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(synthetic_shards, tmp_path):
     common = ["--shards", str(synthetic_shards), "--task", "genre", "--epochs", "2", "--workers", "2",
-              "--seed", "3", *TINY, "--batch-size", "16"]  # 24 steps per epoch
+              "--seed", "3", *TINY, "--batch-size", "16"]  # 370 genre-labelled samples: 23 steps per epoch
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_train([*common, "--out", str(straight)])
     proc = run_train([*common, "--out", str(resumed), "--stop-at-step", "30"], check=False)
     assert proc.returncode == 75, proc.stderr[-3000:]  # stopped, resumable
     stopped = ckpt.load_checkpoint(ckpt.latest_checkpoint(resumed))[0]
-    assert (stopped.step, stopped.epoch, stopped.batch_in_epoch) == (30, 1, 6) and not stopped.finished
+    assert (stopped.step, stopped.epoch, stopped.batch_in_epoch) == (30, 1, 7) and not stopped.finished
     assert "resume with --resume auto" in proc.stdout
     proc = run_train([*common, "--out", str(resumed), "--resume", "auto"])
     assert "resuming from" in proc.stdout and "step 30" in proc.stdout
@@ -90,8 +92,7 @@ def test_two_rank_ddp_run_trains_and_checkpoints(synthetic_shards, tmp_path):
                       "--epochs", "1", "--workers", "1", *TINY], ranks=2)
     assert "world size 2" in proc.stdout
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0]
-    manifest = json.loads((synthetic_shards / "manifest.json").read_text())
-    n_train = sum(s["num_samples"] for s in manifest["splits"]["train"]["shards"])
+    n_train = train_samples_for(load_manifest(synthetic_shards), "genre")  # the genre-labelled ones
     assert state.step == n_train // (2 * 8)  # each rank took its share of every step
     assert (out / "best" / "model.safetensors").is_file()
 
@@ -321,13 +322,13 @@ def test_images_per_second_leaves_out_the_epoch_end_validation_and_save(syntheti
     out = tmp_path / "rate"
     args = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--epochs", "2",
             "--max-steps", "14", "--log-every", "1", "--workers", "0", *TINY]
-    args[args.index("--batch-size") + 1] = "32"  # 400 samples: 12 steps per epoch
+    args[args.index("--batch-size") + 1] = "32"  # 370 genre-labelled samples: 11 steps per epoch
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     job = setup_job(parse_train_config(args))
-    assert job.steps_per_epoch == 12
+    assert job.steps_per_epoch == 11
     loop.fit(job)
     seconds = {r["step"]: 32 / r["images_per_s"] for r in metrics_rows(out, "train")}
     assert sorted(seconds) == list(range(1, 15))
-    # Step 13 is the first after the epoch end: its time is one step and the next epoch's start,
+    # Step 12 is the first after the epoch end: its time is one step and the next epoch's start,
     # well under the 4 s of the pauses (a step here takes ~0.1 s).
-    assert seconds[13] < pause, seconds
+    assert seconds[12] < pause, seconds
