@@ -109,6 +109,12 @@ def test_two_ranks_agree_on_the_stop_step_and_stay_identical_through_unfreezing(
     rank1 = torch.load(out / "rank1_weights.pt", weights_only=True)
     for name, value in rank0["final"].items():
         assert torch.equal(value, rank1["final"][name]), f"ranks differ in {name}"
+    # The logged loss is the mean over the ranks, which saw different samples.
+    logged = {r["step"]: r["loss"] for r in metrics_rows(out, "train")}
+    assert rank0["losses"] and rank0["losses"].keys() == rank1["losses"].keys()
+    assert any(rank0["losses"][s] != rank1["losses"][s] for s in rank0["losses"])
+    for step, loss in rank0["losses"].items():
+        assert logged[step] == pytest.approx((loss + rank1["losses"][step]) / 2, rel=1e-5)
 
     steps_per_epoch = train_samples_for(load_manifest(synthetic_shards), "genre") // 16  # 2 ranks x 8
     assert steps_per_epoch == 23  # checkpoint step-00000023 closes epoch 0

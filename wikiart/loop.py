@@ -79,13 +79,19 @@ class StepHooks:
                                      f"stopping without saving (lower the learning rate or check the data)")
 
     def epoch_mean_loss(self) -> float:
-        mean = float(self.loss_sum / max(self.loss_count, 1))
+        """The mean training loss of the epoch over every rank (each rank saw other samples)."""
+        mean = self._mean_over_ranks(self.loss_sum / max(self.loss_count, 1))
         self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), 0
         return mean
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        acc = self.job.accelerator  # every rank calls this at the same steps: one small all-reduce
+        return float(acc.reduce(value.detach().float(), reduction="mean") if acc.num_processes > 1 else value)
 
     def _log(self, metrics: dict[str, torch.Tensor], step: int) -> None:
         job = self.job
         values = {k: float(v) for k, v in metrics.items()}
+        values["loss"] = self._mean_over_ranks(metrics["loss"])  # per-task parts stay rank 0's (not on every rank)
         lr = job.ctx.optimizer.param_groups[0]["lr"]
         images = job.cfg["data"].batch_size * job.ctx.grad_accum * job.accelerator.num_processes
         rate = job.logger.images_per_second(step, images)
@@ -130,7 +136,7 @@ def data_for_epoch(job: Job) -> DataConfig:
 def fit(job: Job) -> dict[str, Any]:
     """Train until the configured length or a stop request; returns the last validation metrics
     (or {"stopped_at_step": N, "exit_code": 75} when stopped early)."""
-    state, acc, data = job.state, job.accelerator, job.cfg["data"]
+    state, acc = job.state, job.accelerator
     hooks = StepHooks(job, stop_request_for(job))
     metrics: dict[str, Any] = {}
     if state.finished:
