@@ -85,6 +85,15 @@ def test_a_single_task_epoch_reads_only_the_samples_labelled_for_it(uneven, work
     assert len(keys) == len(set(keys)) == 8 * 16  # one pass, no sample twice
 
 
+def test_a_reader_whose_range_has_no_labelled_sample_fills_its_batches_from_the_split(tmp_path):
+    manifest = make_shards(tmp_path, {"train": [16, 16], "val": [8]},
+                           label_fn=lambda i, rng: {"artist": 1 if i >= 16 else -1, "genre": 0, "style": 0})
+    for rank in (0, 1):  # rank 0's range is the first shard: no artist label there
+        info, batches = train_epoch(manifest, config(task="artist"), rank=rank)
+        assert info.num_batches == len(batches) == 1
+        assert all(int(label) == 1 for label in batches[0]["labels"]["artist"])
+
+
 def test_train_batch_format(uneven):
     info, batches = train_epoch(uneven, config())
     batch = batches[0]

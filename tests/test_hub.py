@@ -288,6 +288,29 @@ def test_a_hub_that_cannot_be_asked_is_never_taken_for_a_missing_repo(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_failed_attempts_files_never_pass_for_a_download(tmp_path, monkeypatch):
+    # The first attempt leaves part of training_state/ and drops; on the retry the real client
+    # cannot reach the Hub (nothing listens on port 9) and, finding a non-empty local_dir,
+    # returns it as if downloaded. Resume must fail, not report "nothing to resume".
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    real = HfApi(endpoint="http://127.0.0.1:9", token=False)
+    attempts = []
+
+    class DroppingApi:
+        def snapshot_download(self, **kwargs):
+            attempts.append(kwargs["local_dir"])
+            if len(attempts) == 1:
+                partial = Path(kwargs["local_dir"]) / hub.STATE_SUBFOLDER
+                partial.mkdir(parents=True)
+                (partial / "state.json").write_text('{"step": 5}')
+                raise ConnectionError("connection reset")
+            return real.snapshot_download(**kwargs)
+
+    with pytest.raises(ckpt.CheckpointError, match="failed after 3 attempt"):
+        hub.download_training_state(REPO, tmp_path / "run", api=DroppingApi(), policy=FAST)
+    assert len(attempts) == 3 and not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_offline_mode_fails_resume_at_once_with_the_real_client(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "API_FACTORY", None)
     monkeypatch.delenv(hub.API_ENV, raising=False)

@@ -270,6 +270,46 @@ def test_rows_logged_after_the_last_checkpoint_are_not_kept_twice(synthetic_shar
     assert [r["step"] for r in metrics_rows(out, "val")] == [2, 4, 6]
 
 
+def test_forget_after_keeps_the_rows_up_to_the_step_each_on_its_own_line(tmp_path):
+    from types import SimpleNamespace
+
+    from wikiart.runlog import RunLogger
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n{"kind": "val", "step": 2}')
+    logger = RunLogger(tmp_path, SimpleNamespace(is_main_process=True, log=lambda *a, **k: None), 10,
+                       show_progress=False)
+    logger.forget_after(2)  # the last row lost its newline in the kill
+    logger.record("train", {"loss": 0.5}, 3)
+    assert [(r["kind"], r["step"]) for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] \
+        == [("train", 1), ("val", 2), ("train", 3)]
+
+
+def test_a_run_resumed_past_a_lowered_end_validates_saves_and_finishes(synthetic_shards, tmp_path):
+    out = tmp_path / "lowered"
+    common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0", *TINY]
+    run_train([*common, "--max-steps", "6", "--stop-at-step", "4"], check=False)
+    proc = run_train([*common, "--max-steps", "3", "--resume", "auto"])
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0]
+    assert state.step == 4 and state.finished and (out / "best" / "model.safetensors").is_file()
+    assert [r["step"] for r in metrics_rows(out, "val")] == [4], proc.stdout[-2000:]
+
+
+def test_a_checkpoint_from_before_labelled_only_epochs_keeps_its_epoch(synthetic_shards, tmp_path):
+    out = tmp_path / "older"
+    common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",
+              "--log-every", "1", *TINY]
+    first = run_train([*common, "--max-steps", "4", "--stop-at-step", "2"], check=False)
+    assert "46 steps/epoch" in first.stdout  # 370 genre-labelled samples / 8
+    state_file = ckpt.latest_checkpoint(out) / "state.json"
+    fields = json.loads(state_file.read_text())
+    for name in ("world_size", "batch_size", "grad_accum", "epoch_workers", "labelled_epochs"):
+        del fields[name]  # as written before these fields existed
+    state_file.write_text(json.dumps(fields))
+    resumed = run_train([*common, "--max-steps", "4", "--resume", "auto"])
+    text = " ".join(resumed.stdout.split())
+    assert "49 steps/epoch" in text and "epochs read every sample" in text  # 399 / 8, as it started
+    assert [r["step"] for r in metrics_rows(out, "train")] == [1, 2, 3, 4]
+
+
 def test_report_to_tensorboard_writes_the_logged_scalars(synthetic_shards, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out = tmp_path / "tb"

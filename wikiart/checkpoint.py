@@ -54,6 +54,9 @@ class TrainState:
     batch_size: int | None = None
     grad_accum: int | None = None
     epoch_workers: int | None = None
+    # Single-task epochs read only the samples labelled for the task. Checkpoints from before
+    # (False) keep the epochs they were counted in: every sample.
+    labelled_epochs: bool = False
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:

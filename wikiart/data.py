@@ -10,7 +10,11 @@ Training: per epoch (and per pass over the data) the shard order is a permutatio
 (seed, epoch); reader ranges are sized in proportion to the reader's quota of batches, so one
 pass gives each sample to one reader once. A single-task epoch reads only the samples that
 carry that task's label (on ArtGAN ~19k of 81k paintings have an artist): the rest would only
-cost compute, their loss masked out. A reader balances classes by stochastic repeat/drop,
+cost compute, their loss masked out. Its quotas come from the manifest's labelled count, while
+the ranges still split all positions, so a range holds its share of labelled samples only about
+exactly: a reader that comes up short continues into the next pass, and one pass may then show
+a few samples twice and leave as many unread (as class balancing does anyway). A range without
+any labelled sample reads from the whole split. A reader balances classes by stochastic repeat/drop,
 takes exactly its quota (continuing into the next pass if balancing or corrupt samples leave it
 short), shuffles through a buffer and augments. Every rank thus yields exactly `num_batches`
 full batches (no DDP hang; the epoch is not `workers` times too long).
@@ -143,13 +147,17 @@ class TrainStream(IterableDataset):
         sh = self.shards
         for pass_index in itertools.count():
             order = shard_permutation(len(sh.paths), self.seed, self.epoch, pass_index)
-            found = 0
+            found = readable = 0
             for sample in range_samples(sh.paths, sh.sizes, order, start, end, sh.num_classes,
                                         self.counter):
+                readable += 1
                 if self.label_task is not None and sample.labels.get(self.label_task, MISSING) == MISSING:
                     continue
                 found += 1
                 yield sample
+            if readable and not found and (start, end) != (0, sh.total):
+                start, end = 0, sh.total  # no sample of the range has the label: fill from the whole split
+                continue
             if not found:
                 labelled = f" with a {self.label_task} label" if self.label_task else ""
                 raise RuntimeError(f"no readable training samples{labelled} at positions {start}..{end} "
@@ -267,11 +275,11 @@ def balance_task_for(cfg: DataConfig) -> str:
     return "style" if cfg.task == "combined" else cfg.task
 
 
-def train_samples_for(manifest: Manifest, task: str) -> int:
+def train_samples_for(manifest: Manifest, task: str, labelled_only: bool = True) -> int:
     """Samples one training epoch reads: for a single task, those labelled for it (the manifest's
-    class counts); for combined, all."""
+    class counts); for combined (or a run resumed from a checkpoint older than this), all."""
     counts = manifest.split("train").class_counts
-    if task not in BASE_TASKS or task not in counts:  # a manifest without class counts: all
+    if not labelled_only or task not in BASE_TASKS or task not in counts:  # no class counts: all
         return manifest.num_samples("train")
     if not sum(counts[task]):
         raise ManifestError(f"no training sample of the shards has a {task} label; build shards with "
@@ -285,19 +293,23 @@ def train_batches_per_rank(num_samples: int, world_size: int, batch_size: int) -
 
 
 def build_train_data(manifest: Manifest, cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
-                     seed: int, skip_batches: int = 0) -> DataInfo:
-    """The training loader of `rank` for `epoch`; starts at batch `skip_batches` (exact resume)."""
+                     seed: int, skip_batches: int = 0, labelled_only: bool = True) -> DataInfo:
+    """The training loader of `rank` for `epoch`; starts at batch `skip_batches` (exact resume).
+    `labelled_only=False` keeps a single task's unlabelled samples (runs started before)."""
     _check_rank(rank, world_size)
     shards = _shards(manifest, "train", cfg.task)
     weights = None
     balance_task = balance_task_for(cfg)
     if cfg.balance != "none":
         weights = balance_weights(manifest.class_counts("train", balance_task), cfg.balance)
-    num_batches = train_batches_per_rank(train_samples_for(manifest, cfg.task), world_size, cfg.batch_size)
+    num_batches = train_batches_per_rank(train_samples_for(manifest, cfg.task, labelled_only), world_size,
+                                         cfg.batch_size)
     counter, buffers = CorruptCounter(), BatchBuffers(loader_workers(cfg.workers))
     stream = TrainStream(shards, cfg, rank=rank, world_size=world_size, epoch=epoch, seed=seed,
                          num_batches=num_batches, skip_batches=max(0, skip_batches), weights=weights,
                          balance_task=balance_task, counter=counter, buffers=buffers)
+    if not labelled_only:
+        stream.label_task = None
     return DataInfo(_loader(stream, cfg.workers), num_batches * world_size * cfg.batch_size,
                     num_batches, counter)
 

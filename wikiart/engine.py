@@ -57,6 +57,7 @@ class LoopContext:
     augment: DeviceAugment                 # the batch's jitter / erasing / normalisation
     ema: ModelEMA | None = None
     channels_last: bool = False
+    loss_scale: float | None = None        # fp16: the scaler's scale after the last step (host value)
 
 
 def _labels_to_device(batch: dict[str, Any], heads: Iterable[str], device: torch.device):
@@ -93,12 +94,7 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     if ctx.clip_grad is not None:
         grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.clip_grad)
     apply_lr(ctx.optimizer, state.step, ctx.total_steps, ctx.warmup_steps, ctx.eta_min)
-    scale_before = acc.scaler.get_scale() if acc.scaler is not None else None
-    ctx.optimizer.step()
-    # The fp16 scaler backs its scale off exactly when it skips a step (inf/NaN gradients). Not
-    # `optimizer.step_was_skipped`: a fused AdamW (CUDA) is always called and skips in its kernel,
-    # so Accelerate never sees the skip. get_scale() syncs, as Accelerate's own check does.
-    skipped = scale_before is not None and acc.scaler.get_scale() < scale_before
+    skipped = _optimizer_step(ctx)
     if skipped:
         saved_buffers.restore()
     elif ctx.ema is not None:
@@ -109,6 +105,23 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     if grad_norm is not None:
         out["grad_norm"] = torch.as_tensor(grad_norm).detach()
     return out
+
+
+def _optimizer_step(ctx: LoopContext) -> bool:
+    """Step the optimizer; True when the fp16 loss scaler skipped the step (inf/NaN gradients).
+
+    The scaler backs its scale off exactly when it skips. Not `optimizer.step_was_skipped`: a
+    fused AdamW (CUDA) is always called and skips inside its kernel, so Accelerate never sees
+    it. Reading the scale is one host sync per fp16 step (the host decides whether to put the
+    buffers back and to update the EMA); bf16 and fp32 have no scaler and no sync here."""
+    scaler = ctx.accelerator.scaler
+    if scaler is None:
+        ctx.optimizer.step()
+        return False
+    before = ctx.loss_scale if ctx.loss_scale is not None else scaler.get_scale()
+    ctx.optimizer.step()
+    ctx.loss_scale = scaler.get_scale()
+    return ctx.loss_scale < before
 
 
 class BufferSnapshot:

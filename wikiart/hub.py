@@ -249,11 +249,16 @@ def download_training_state(repo_id: str, run_dir: Path, api: Any = None,
     model into `run_dir/best/` when the run has none); None if the Hub has no training state."""
     api = api if api is not None else make_api()
     tmp = run_dir / f"{STAGING_DIR}-download"
-    shutil.rmtree(tmp, ignore_errors=True)
     patterns = [f"{STATE_SUBFOLDER}/*", *BEST_PATTERNS]
+
+    def download() -> str:
+        # Emptied before every attempt: offline, snapshot_download returns a non-empty local_dir
+        # (a failed attempt's files) as if it had downloaded it.
+        shutil.rmtree(tmp, ignore_errors=True)
+        return api.snapshot_download(repo_id=repo_id, allow_patterns=patterns, local_dir=str(tmp))
+
     try:
-        call_with_retries(lambda: api.snapshot_download(repo_id=repo_id, allow_patterns=patterns, local_dir=str(tmp)),
-                          policy or RetryPolicy(), f"download of {repo_id}/{STATE_SUBFOLDER}")
+        call_with_retries(download, policy or RetryPolicy(), f"download of {repo_id}/{STATE_SUBFOLDER}")
         src = tmp / STATE_SUBFOLDER
         if not (src / ckpt.COMPLETE_MARKER).is_file():
             say(f"hub: {repo_id} has no complete {STATE_SUBFOLDER}/; nothing to resume from the Hub")

@@ -150,7 +150,7 @@ def fit(job: Job) -> dict[str, Any]:
             info = build_train_data(job.manifest, data_for_epoch(job), rank=acc.process_index,
                                     world_size=acc.num_processes,
                                     epoch=state.epoch, seed=job.cfg["train"].seed,
-                                    skip_batches=state.batch_in_epoch)
+                                    skip_batches=state.batch_in_epoch, labelled_only=state.labelled_epochs)
             train_one_epoch(job.ctx, info.loader, state, job.steps_per_epoch, hooks)
             if hooks.stopped:
                 job.logger.print(f"stopped at step {state.step} ({hooks.stop.reason or '--stop-at-step'}); "
@@ -167,6 +167,11 @@ def fit(job: Job) -> dict[str, Any]:
             state.finished = state.step >= job.ctx.total_steps
             save_training_state(job)
             job.logger.restart_clock(state.step)  # images/s counts training, not validation or saving
+        if not state.finished:  # resumed at or past a now lower end (--max-steps, --epochs): close the run
+            hooks.guard()
+            metrics = run_validation(job)
+            state.finished = True
+            save_training_state(job)
     if job.hub is not None:
         job.hub.finish(job)  # idempotent: the final checkpoint save may already have awaited it
     acc.end_training()

@@ -77,9 +77,9 @@ class RunLogger:
             return
         lines = self.path.read_text().splitlines(keepends=True)
         kept = [line for line in lines if _row_step(line) <= step]
-        if len(kept) < len(lines):
+        if len(kept) < len(lines) or (kept and not kept[-1].endswith("\n")):
             tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(kept))
+            tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in kept))
             os.replace(tmp, self.path)
 
     def restart_clock(self, step: int) -> None:

@@ -180,8 +180,10 @@ def unfreeze_epoch_for(cfg: dict[str, Any]) -> int | None:
     return cfg["optim"].unfreeze_epoch if starts_pretrained(cfg) else None
 
 
-def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_accum: int) -> int:
-    batches = train_batches_per_rank(train_samples_for(manifest, data.task), world, data.batch_size)
+def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_accum: int,
+                        labelled_only: bool = True) -> int:
+    samples = train_samples_for(manifest, data.task, labelled_only)
+    batches = train_batches_per_rank(samples, world, data.batch_size)
     steps = batches // grad_accum
     if steps < 1:
         raise ValueError(f"--grad-accum {grad_accum} is larger than the {batches} batches per epoch")
@@ -198,12 +200,13 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     # Every check comes before the first write (prepare_run_dir): bad input leaves --out untouched.
     manifest = load_manifest(data.shards)
     heads = check_manifest_for_task(manifest, data.task)
-    steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum)
+    steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum)  # --grad-accum too large?
     run_dir = check_run_dir(cfg, accelerator)
     model = build_model(cfg, manifest, heads)
     optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
     ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
     state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator)
+    steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum, state.labelled_epochs)
     prepare_run_dir(cfg, accelerator)
     if cfg["model"].channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -232,16 +235,20 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
     logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
     logger.forget_after(state.step)  # a resumed run logs the steps after its checkpoint again
-    for line in _start_lines(cfg, heads, accelerator, steps, total, run_dir):
+    for line in _start_lines(cfg, heads, accelerator, steps, total, run_dir, state):
         logger.print(line)
     job = Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
     job.hub = HubSync.for_job(job)
     return job
 
 
-def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path) -> list[str]:
+def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path,
+                 state: ckpt.TrainState) -> list[str]:
     lines = [f"training {cfg['data'].task} ({', '.join(heads)}) on {accelerator.device}, world size "
              f"{accelerator.num_processes}: {steps} steps/epoch, {total} steps, run dir {run_dir}"]
+    if not state.labelled_epochs and cfg["data"].task in BASE_TASKS:
+        lines.append("the checkpoint comes from a run whose epochs read every sample, labelled for the task "
+                     "or not; this run goes on that way, so its steps and schedule stay as they were")
     unfreeze = cfg["optim"].unfreeze_epoch
     if unfreeze is not None and not starts_pretrained(cfg):
         lines.append(f"unfreeze_epoch {unfreeze} not applied: the backbone starts from random weights and "
@@ -255,7 +262,7 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
     is written here (except what `--resume hub` fetches into --out)."""
     path = ckpt.resolve_resume(resolve_hub_resume(cfg, run_dir, accelerator), run_dir)  # hub -> auto
     if path is None:
-        return ckpt.TrainState(), {}
+        return ckpt.TrainState(labelled_epochs=True), {}
     state, model_state, optimizer_state, extra = ckpt.load_checkpoint(path)
     check_class_names(extra.get("class_names", {}), manifest, f"checkpoint {path}", heads=heads)
     try:
