@@ -1,4 +1,4 @@
-"""`make bench`: every CPU benchmark in one go, then one summary table (~8 minutes on 2 cores).
+"""`make bench`: every CPU benchmark in one go, then one summary table (~9 minutes on 2 cores).
 
 Each benchmark prints its own detailed table as it goes; the summary lists the headline ratios
 against the targets of the performance issue. The GPU benchmark (`benchmarks.gpu`) needs a GPU
