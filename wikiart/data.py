@@ -99,14 +99,14 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
                  seed: int, num_batches: int, skip_batches: int, weights: np.ndarray | None,
-                 balance_task: str, counter: CorruptCounter, buffers: BatchBuffers):
+                 balance_task: str, counter: CorruptCounter, buffers: BatchBuffers, label_task: str | None):
         self.shards, self.cfg = shards, cfg
         self.rank, self.world_size, self.epoch, self.seed = rank, world_size, epoch, seed
         self.num_batches, self.skip_batches = num_batches, skip_batches
         self.weights, self.balance_task, self.counter = weights, balance_task, counter
         self.buffers = buffers
         self.transform = build_train_transform(cfg)
-        self.label_task = cfg.task if cfg.task in BASE_TASKS else None  # combined: every sample
+        self.label_task = label_task  # only samples labelled for it are read (None: every sample)
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.skip_batches)
@@ -304,12 +304,11 @@ def build_train_data(manifest: Manifest, cfg: DataConfig, *, rank: int, world_si
         weights = balance_weights(manifest.class_counts("train", balance_task), cfg.balance)
     num_batches = train_batches_per_rank(train_samples_for(manifest, cfg.task, labelled_only), world_size,
                                          cfg.batch_size)
+    label_task = cfg.task if labelled_only and cfg.task in BASE_TASKS else None  # combined: every sample
     counter, buffers = CorruptCounter(), BatchBuffers(loader_workers(cfg.workers))
     stream = TrainStream(shards, cfg, rank=rank, world_size=world_size, epoch=epoch, seed=seed,
                          num_batches=num_batches, skip_batches=max(0, skip_batches), weights=weights,
-                         balance_task=balance_task, counter=counter, buffers=buffers)
-    if not labelled_only:
-        stream.label_task = None
+                         balance_task=balance_task, counter=counter, buffers=buffers, label_task=label_task)
     return DataInfo(_loader(stream, cfg.workers), num_batches * world_size * cfg.batch_size,
                     num_batches, counter)
 

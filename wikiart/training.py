@@ -200,12 +200,12 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     # Every check comes before the first write (prepare_run_dir): bad input leaves --out untouched.
     manifest = load_manifest(data.shards)
     heads = check_manifest_for_task(manifest, data.task)
-    steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum)  # --grad-accum too large?
     run_dir = check_run_dir(cfg, accelerator)
     model = build_model(cfg, manifest, heads)
     optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
     ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
     state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator)
+    # Sized after the resume (an older checkpoint keeps its epochs); raises for a --grad-accum too large.
     steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum, state.labelled_epochs)
     prepare_run_dir(cfg, accelerator)
     if cfg["model"].channels_last:
