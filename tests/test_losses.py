@@ -79,9 +79,10 @@ def test_multitask_weights_and_partially_labelled_heads():
     genre_loss = 1.5 * LN2                  # as in test_cross_entropy_by_hand
     style_loss = LN3                        # only row 1 is labelled: p = 1/3
     assert total.item() == pytest.approx(2.0 * genre_loss + 0.5 * style_loss, rel=1e-6)
-    assert set(parts) == {"genre", "style"}  # the all-missing head has no loss to report
-    assert parts["style"].item() == pytest.approx(style_loss, rel=1e-6)
-    assert not parts["genre"].requires_grad
+    assert {t: int(rows) for t, (_, rows) in parts.items()} == {"genre": 2, "style": 1, "artist": 0}
+    assert parts["style"][0].item() == pytest.approx(style_loss, rel=1e-6)
+    assert parts["genre"][0].item() == pytest.approx(genre_loss, rel=1e-6)
+    assert not parts["genre"][0].requires_grad
     total.backward()
     assert torch.equal(style.grad[0], torch.zeros(3))
     assert artist.grad is not None and torch.equal(artist.grad, torch.zeros(2, 4))

@@ -31,7 +31,7 @@ def run_train(args: list[str], *, ranks: int = 1, check: bool = True, timeout: i
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_processes", str(ranks),
-               "--main_process_port", str(29600 + os.getpid() % 200), str(ROOT / "train.py"), *args]
+               "--main_process_port", str(29600 + os.getpid() % 200), str(script), *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -95,6 +95,30 @@ def test_two_rank_ddp_run_trains_and_checkpoints(synthetic_shards, tmp_path):
     n_train = train_samples_for(load_manifest(synthetic_shards), "genre")  # the genre-labelled ones
     assert state.step == n_train // (2 * 8)  # each rank took its share of every step
     assert (out / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_rank_logged_losses_pool_the_labelled_rows_of_every_rank(synthetic_shards, tmp_path):
+    """`combined` on partly labelled paintings: each rank's batch has its own number of rows with
+    an artist (genre, style) label. The logged loss of a head is the mean over all ranks' labelled
+    rows, not rank 0's, nor a mean of the ranks' means; the step's loss is the ranks' mean."""
+    out = tmp_path / "combined"
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "combined", "--epochs", "1",
+               "--max-steps", "6", "--log-every", "1", "--workers", "1", *TINY], ranks=2,
+              script=ROOT / "tests" / "ddp_weights_probe.py")
+    ranks = [torch.load(out / f"rank{r}_weights.pt", weights_only=True) for r in (0, 1)]
+    heads = ranks[0]["heads"]
+    assert heads == ["artist", "genre", "style"]
+    logged = {r["step"]: r for r in metrics_rows(out, "train")}
+    assert sorted(logged) == sorted(ranks[0]["task_losses"]) == list(range(1, 7))
+    uneven = 0
+    for step, row in logged.items():
+        (sums0, rows0), (sums1, rows1) = ranks[0]["task_losses"][step], ranks[1]["task_losses"][step]
+        assert row["loss"] == pytest.approx((ranks[0]["losses"][step] + ranks[1]["losses"][step]) / 2, rel=1e-5)
+        for i, head in enumerate(heads):
+            assert row[f"loss_{head}"] == pytest.approx((sums0[i] + sums1[i]) / (rows0[i] + rows1[i]), rel=1e-5)
+            uneven += rows0[i] != rows1[i]
+    assert uneven > 0, "no step had ranks with different labelled rows: the pooling was not exercised"
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -72,7 +72,8 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     torch.manual_seed(step_seed(ctx.seed, state.step, acc.process_index))  # dropout
     ctx.optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=acc.device)
-    parts_sum: dict[str, torch.Tensor] = {}
+    task_loss_sums = torch.zeros(len(ctx.heads), device=acc.device)  # per head: sum over labelled rows
+    task_rows = torch.zeros(len(ctx.heads), device=acc.device)
     for i, batch in enumerate(micro_batches):
         images = ctx.augment(batch, acc.device, step_seed(ctx.seed, state.step, acc.process_index) + i)
         release_batch(batch)  # the device stage copied the pixels: the loader may reuse the buffer
@@ -86,8 +87,10 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
             loss, parts = multitask_loss(model(images), targets, ctx.smoothing, ctx.task_weights)
             acc.backward(loss / len(micro_batches))
         total += loss.detach() / len(micro_batches)
-        for task, value in parts.items():
-            parts_sum[task] = parts_sum.get(task, 0) + value / len(micro_batches)
+        for i_head, task in enumerate(ctx.heads):
+            task_loss, rows = parts[task]
+            task_loss_sums[i_head] += task_loss * rows
+            task_rows[i_head] += rows
     fault_point("train.step")
     ctx.freeze.zero_frozen_grads(model.parameters(), state.epoch)
     grad_norm = None
@@ -99,7 +102,8 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
         saved_buffers.restore()
     elif ctx.ema is not None:
         ctx.ema.update(acc.unwrap_model(model))
-    out = {"loss": total, **{f"loss_{t}": v for t, v in parts_sum.items()}}
+    # Per-head sums and row counts, not means: the logger divides them once summed over ranks.
+    out = {"loss": total, "task_loss_sums": task_loss_sums, "task_rows": task_rows}
     if saved_buffers is not None:
         out["step_skipped"] = torch.tensor(float(skipped))
     if grad_norm is not None:

@@ -88,10 +88,26 @@ class StepHooks:
         acc = self.job.accelerator  # every rank calls this at the same steps: one small all-reduce
         return float(acc.reduce(value.detach().float(), reduction="mean") if acc.num_processes > 1 else value)
 
+    def _losses_over_ranks(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's loss as the mean over ranks, and each head's loss as the mean over every
+        rank's labelled rows (a head no rank had labels for is left out), in one all-reduce."""
+        acc, heads = self.job.accelerator, self.job.ctx.heads
+        sums, rows = metrics.pop("task_loss_sums"), metrics.pop("task_rows")
+        packed = torch.cat([metrics["loss"].detach().float().reshape(1), sums.float(), rows.float()])
+        if acc.num_processes > 1:
+            packed = acc.reduce(packed, reduction="sum")
+        packed = packed.tolist()
+        values = {"loss": packed[0] / acc.num_processes}
+        for i, task in enumerate(heads):
+            task_sum, task_rows = packed[1 + i], packed[1 + len(heads) + i]
+            if task_rows > 0:
+                values[f"loss_{task}"] = task_sum / task_rows
+        return values
+
     def _log(self, metrics: dict[str, torch.Tensor], step: int) -> None:
         job = self.job
-        values = {k: float(v) for k, v in metrics.items()}
-        values["loss"] = self._mean_over_ranks(metrics["loss"])  # per-task parts stay rank 0's (not on every rank)
+        losses = self._losses_over_ranks(metrics)
+        values = {**{k: float(v) for k, v in metrics.items()}, **losses}
         lr = job.ctx.optimizer.param_groups[0]["lr"]
         images = job.cfg["data"].batch_size * job.ctx.grad_accum * job.accelerator.num_processes
         rate = job.logger.images_per_second(step, images)

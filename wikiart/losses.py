@@ -47,24 +47,26 @@ def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor, mask: torch.Ten
 
 
 def multitask_loss(logits: Mapping[str, torch.Tensor], targets: Mapping[str, Target], smoothing: float = 0.0,
-                   weights: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """total = sum over tasks of w_t * loss_t; returns (total, {task: detached loss}).
+                   weights: Mapping[str, float] | None = None
+                   ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """total = sum over tasks of w_t * loss_t; returns (total, {task: (detached loss, labelled rows)}).
 
-    Tasks with no valid row in the batch add an exact, graph-attached zero and are left out of
-    the per-task dict (their loss is undefined, not 0). Every head in `logits` needs a target.
+    Tasks with no valid row in the batch add an exact, graph-attached zero and report 0 rows (their
+    loss is undefined, not 0: a mean over batches must weight by the rows). The row counts stay
+    tensors on the logits' device, so asking which heads had labels costs no host sync. Every head
+    in `logits` needs a target.
     """
     missing = [t for t in logits if t not in targets]
     if missing:
         raise ValueError(f"no targets for heads {missing} (targets have {list(targets)})")
     total = None
-    parts: dict[str, torch.Tensor] = {}
+    parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for task, task_logits in logits.items():
         soft, mask = targets[task]
         loss = soft_cross_entropy(task_logits, soft, mask, smoothing)
         weight = 1.0 if weights is None else float(weights.get(task, 1.0))
         total = weight * loss if total is None else total + weight * loss
-        if bool(mask.any()):
-            parts[task] = loss.detach()
+        parts[task] = (loss.detach(), mask.sum())
     if total is None:
         raise ValueError("multitask_loss needs at least one head")
     return total, parts
