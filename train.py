@@ -10,6 +10,7 @@ Exit codes: 0 finished, 75 stopped by a signal / stop file with the state saved 
 
 import sys
 
+from wikiart.backbones import PretrainedWeightsError
 from wikiart.cli import run_cli
 from wikiart.config import parse_train_config
 from wikiart.engine import NonFiniteLossError
@@ -26,4 +27,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli("train.py", main, extra_errors=(RunDirError, NonFiniteLossError, CollectiveError)))
+    sys.exit(run_cli("train.py", main,
+                     extra_errors=(RunDirError, NonFiniteLossError, CollectiveError, PretrainedWeightsError)))

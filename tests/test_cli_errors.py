@@ -68,6 +68,12 @@ ROWS = [
     ("train-eval-resize-below-the-crop", "train.py", ["--eval-resize", "16"], ["--eval-resize 16", "32-px"]),
     ("train-config-wrong-type", "train.py", ["--config", "{bad_yaml}"], ["{bad_yaml}", "batch_size"]),
     ("train-grad-accum-too-large", "train.py", ["--grad-accum", "1000"], ["--grad-accum 1000"]),
+    ("train-mixup-and-cutmix-over-one", "train.py", ["--mixup-p", "0.8", "--cutmix-p", "0.5"],
+     ["--mixup-p 0.8", "--cutmix-p 0.5", "sum to <= 1"]),
+    ("train-balance-task-unknown", "train.py", ["--task", "combined", "--balance-task", "sculptor"],
+     ["--balance-task", "sculptor"]),
+    ("train-pretrained-path-missing", "train.py", ["--pretrained-path", "{nowhere}"],
+     ["--pretrained-path {nowhere}", "not found"]),
     # train.py: shards
     ("train-shards-missing", "train.py", ["--shards", "{nowhere}"], ["{nowhere}"]),
     ("train-shards-without-manifest", "train.py", ["--shards", "{empty_dir}"], ["no manifest.json in {empty_dir}"]),
@@ -75,7 +81,12 @@ ROWS = [
      ["{old_shards}/manifest.json", "format version 99"]),
     ("train-shards-without-the-task", "train.py", ["--task", "artist", "--shards", "{genre_only_shards}"],
      ["task 'artist' is not in the manifest"]),
+    ("train-balance-task-not-in-shards", "train.py",
+     ["--shards", "{genre_only_shards}", "--balance", "inverse", "--balance-task", "style"],
+     ["task 'style' is not in the manifest"]),
     # train.py: resume and run directory
+    ("train-resume-damaged-checkpoint", "train.py", ["--resume", "{ckpt_damaged}"],
+     ["could not read checkpoint {ckpt_damaged}"]),
     ("train-resume-other-classes", "train.py", ["--resume", "{ckpt_other_classes}"],
      ["checkpoint {ckpt_other_classes}", "genre classes", "do not match"]),
     ("train-resume-other-task", "train.py", ["--resume", "{ckpt_artist}"],
@@ -180,6 +191,10 @@ def inputs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                         "ckpt_artist": {"artist": classes["artist"]}}.items():
         paths[name] = ckpt.save_checkpoint(root / name, ckpt.TrainState(step=1), {"w": torch.zeros(1)},
                                            no_optimizer, {"class_names": names})
+    damaged = ckpt.save_checkpoint(root / "damaged_run", ckpt.TrainState(step=1), {"w": torch.zeros(1)},
+                                   no_optimizer, {"class_names": {"genre": classes["genre"]}})
+    (damaged / "model.safetensors").write_bytes(b"\x10\x00\x00")  # damaged after it was written
+    paths["ckpt_damaged"] = damaged
     small = tiny_model({"genre": classes["genre"]})   # what TINY builds, resumed with --proj-dim 16
     paths["ckpt_small_model"] = ckpt.save_checkpoint(root / "small_run", ckpt.TrainState(step=1), small.state_dict(),
                                                      no_optimizer, {"class_names": small.class_names_dict()})

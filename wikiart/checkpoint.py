@@ -174,7 +174,7 @@ def load_checkpoint(path: str | Path) -> tuple[TrainState, dict[str, torch.Tenso
         model_state = load_file(str(path / "model.safetensors"))
         optimizer_state = load_state_file(path / "optimizer.pt")
         extra = load_state_file(path / "extra.pt")
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a file damaged after it was complete
         raise CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
     return state, model_state, optimizer_state, extra
 

@@ -33,7 +33,8 @@ class DataConfig:
                                     "up to 12, on CUDA; 2 on the CPU)", min=0)
     shuffle_buffer: int = opt(1000, "samples in the streaming shuffle buffer", min=1)
     balance: str = opt("none", "class balancing of the training stream", choices=("none", "sqrt", "inverse"))
-    balance_task: str | None = opt(None, "task to balance on for --task combined (default: style)")
+    balance_task: str | None = opt(None, "task to balance on for --task combined (default: style)",
+                                   choices=TASK_CHOICES[:3])
     rrc_scale: tuple[float, ...] = opt((0.7, 1.0), "RandomResizedCrop scale range", nargs=2)
     rrc_ratio: tuple[float, ...] = opt((0.85, 1.15), "RandomResizedCrop aspect-ratio range", nargs=2)
     color_jitter: tuple[float, ...] = opt((0.12, 0.12, 0.10, 0.03),

@@ -60,9 +60,10 @@ class Mixer:
     def __init__(self, mixup_p: float = 0.35, mixup_alpha: float = 0.3, cutmix_p: float = 0.35,
                  cutmix_alpha: float = 1.0, *, num_classes: Mapping[str, int]):
         if min(mixup_p, cutmix_p) < 0 or mixup_p + cutmix_p > 1.0 + 1e-9:
-            raise ValueError(f"mixup_p ({mixup_p}) and cutmix_p ({cutmix_p}) must be >= 0 and sum to <= 1")
+            raise ValueError(f"--mixup-p {mixup_p} and --cutmix-p {cutmix_p} must be >= 0 and sum to <= 1 "
+                             f"(a batch is mixed one way or the other)")
         if mixup_alpha <= 0 or cutmix_alpha <= 0:
-            raise ValueError(f"mixup_alpha ({mixup_alpha}) and cutmix_alpha ({cutmix_alpha}) must be > 0")
+            raise ValueError(f"--mixup-alpha {mixup_alpha} and --cutmix-alpha {cutmix_alpha} must be > 0")
         self.mixup_p, self.mixup_alpha = mixup_p, mixup_alpha
         self.cutmix_p, self.cutmix_alpha = cutmix_p, cutmix_alpha
         self.num_classes = dict(num_classes)

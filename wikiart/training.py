@@ -19,7 +19,7 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 
 from . import checkpoint as ckpt
 from .config import DataConfig, to_dict
-from .data import build_eval_data, train_batches_per_rank, train_samples_for
+from .data import balance_task_for, build_eval_data, train_batches_per_rank, train_samples_for
 from .device_augment import DeviceAugment
 from .device_defaults import apply_device_defaults, resolve_mixed_precision
 from .engine import LoopContext, evaluate
@@ -190,6 +190,16 @@ def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_a
     return steps
 
 
+def checked_mixer(cfg: dict[str, Any], manifest: Manifest, heads: tuple[str, ...]) -> Mixer:
+    """The MixUp/CutMix sampler, once its flags and the class-balancing task (the shards must
+    label it) are checked: both are refused before --out is written, like every other flag."""
+    optim_cfg, data = cfg["optim"], cfg["data"]
+    if data.balance != "none":
+        manifest.class_counts("train", balance_task_for(data))
+    return Mixer(optim_cfg.mixup_p, optim_cfg.mixup_alpha, optim_cfg.cutmix_p, optim_cfg.cutmix_alpha,
+                 num_classes={t: manifest.num_classes(t) for t in heads})
+
+
 def setup_job(cfg: dict[str, Any]) -> Job:
     check_hub_config(cfg)  # a bad repo id or a missing token fails before anything is written
     accelerator = build_accelerator(cfg)
@@ -207,6 +217,7 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator)
     # Sized after the resume (an older checkpoint keeps its epochs); raises for a --grad-accum too large.
     steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum, state.labelled_epochs)
+    mixer = checked_mixer(cfg, manifest, heads)
     prepare_run_dir(cfg, accelerator)
     if cfg["model"].channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -216,12 +227,9 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     if accelerator.scaler is not None and "scaler" in extra:
         accelerator.scaler.load_state_dict(extra["scaler"])
     total = steps * train.epochs if train.max_steps is None else min(train.max_steps, steps * train.epochs)
-    num_classes = {t: manifest.num_classes(t) for t in heads}
     weights = dict(zip(BASE_TASKS, optim_cfg.task_weights))
     ctx = LoopContext(
-        accelerator=accelerator, model=prepared_model, optimizer=prepared_opt,
-        mixer=Mixer(optim_cfg.mixup_p, optim_cfg.mixup_alpha, optim_cfg.cutmix_p, optim_cfg.cutmix_alpha,
-                    num_classes=num_classes),
+        accelerator=accelerator, model=prepared_model, optimizer=prepared_opt, mixer=mixer,
         freeze=FreezePlan(model, freeze_stem_for(cfg), unfreeze_epoch_for(cfg)),
         heads=heads, smoothing=optim_cfg.label_smoothing,
         task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
