@@ -281,6 +281,30 @@ def test_ema_switched_on_at_resume_averages_from_the_resumed_weights(synthetic_s
             torch.testing.assert_close(shadow[name], (value + step3[name]) / 2)
 
 
+def test_learning_rates_weight_decay_and_ema_decay_given_at_resume_are_the_ones_used(synthetic_shards, tmp_path):
+    """The optimizer state a resume loads carries the old run's peak lrs and weight decay, and the
+    EMA state its decay: the new command line's values (what config.json records) win."""
+    from wikiart.optim import lr_at
+    out = tmp_path / "retuned"
+    common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",
+              "--max-steps", "4", "--warmup-steps", "0", "--log-every", "1", *TINY]
+    run_train([*common, "--stop-at-step", "2", "--ema-decay", "0.9"], check=False)
+    proc = run_train([*common, "--resume", "auto", "--lr", "0.01", "--backbone-lr", "0.002",
+                      "--weight-decay", "0.3", "--ema-decay", "0.5"])
+    assert "this command line's are used from here on" in " ".join(proc.stdout.split())
+    _, _, optimizer, extra = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
+    groups = {g["name"]: g for g in optimizer["param_groups"]}
+    assert {n: g["base_lr"] for n, g in groups.items()} == {
+        n: 0.002 if n.startswith("backbone") else 0.01 for n in groups}
+    assert {n: g["weight_decay"] for n, g in groups.items()} == {
+        n: 0.0 if n.endswith("_no_decay") else 0.3 for n in groups}
+    assert extra["ema"]["decay"] == 0.5
+    assert optimizer["param_groups"][0]["name"] == "new"  # the logged lr is this group's
+    logged_lr = {r["step"]: r["lr"] for r in metrics_rows(out, "train")}
+    assert logged_lr[3] == pytest.approx(lr_at(2, 0.01, 4, 0, 1e-6), rel=1e-6)  # step 3 trains at schedule step 2
+    assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 0.01
+
+
 def test_rows_logged_after_the_last_checkpoint_are_not_kept_twice(synthetic_shards, tmp_path):
     out = tmp_path / "killed"
     common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",

@@ -273,11 +273,13 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
         return ckpt.TrainState(labelled_epochs=True), {}
     state, model_state, optimizer_state, extra = ckpt.load_checkpoint(path)
     check_class_names(extra.get("class_names", {}), manifest, f"checkpoint {path}", heads=heads)
+    chosen = [{k: group[k] for k in HYPERPARAMETERS} for group in optimizer.param_groups]
     try:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         if ema is not None and "ema" in extra:
             ema.load_state_dict(extra["ema"])
+            ema.decay = cfg["optim"].ema_decay  # this command line's, as config.json records
         elif ema is not None:  # EMA newly on: it averages from the resumed weights, not the initial ones
             ema.load_state_dict({"decay": ema.decay, "num_updates": 0, "shadow": model.state_dict()})
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -286,10 +288,29 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
         raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of this command line "
                                    f"(--backbone and the model flags must match the run's): {reason}") from exc
     check_data_layout(state, path, accelerator.num_processes, cfg["data"].batch_size, cfg["train"].grad_accum)
+    changed = restore_hyperparameters(optimizer, chosen)
     if accelerator.is_main_process:
         print(f"resuming from {path} at step {state.step} (epoch {state.epoch}, "
               f"batch {state.batch_in_epoch})", flush=True)
+        if changed:
+            print(f"the checkpoint's run had other learning rates or weight decay ({'; '.join(changed)}); "
+                  f"this command line's are used from here on", flush=True)
     return state, extra
+
+
+HYPERPARAMETERS = ("base_lr", "weight_decay")  # per parameter group, set by --lr/--backbone-lr/--weight-decay
+
+
+def restore_hyperparameters(optimizer: torch.optim.Optimizer, chosen: list[dict[str, float]]) -> list[str]:
+    """Put this command line's peak learning rates and weight decay back into the param groups
+    that a loaded optimizer state replaced (its moments are kept); returns what changed."""
+    changed = []
+    for group, values in zip(optimizer.param_groups, chosen):
+        for key, value in values.items():
+            if group[key] != value:
+                changed.append(f"{group.get('name', 'group')} {key} {group[key]:g} -> {value:g}")
+            group[key] = value
+    return changed
 
 
 def check_data_layout(state: ckpt.TrainState, path: Path, world_size: int, batch_size: int, grad_accum: int) -> None:
