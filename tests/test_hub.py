@@ -392,6 +392,25 @@ def test_training_pushes_best_and_state_in_the_background(tmp_path, double, synt
     assert_no_token(out, double.root, text="".join(capfd.readouterr()))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("save_every, first_push", [
+    ("2", "best model (step 2, val score {score}) + training state step-00000002"),  # waits for its checkpoint
+    ("4", "best model (step 2, val score {score})"),  # no checkpoint at step 2: pushed after validating
+])
+def test_a_better_best_is_pushed_with_the_checkpoint_of_its_step(tmp_path, double, synthetic_shards, save_every,
+                                                                  first_push):
+    """Validation (and best/) come before the checkpoint of the same step: the push of an improved
+    best/ must carry that checkpoint, or a `--resume hub` after losing the machine goes back further."""
+    from wikiart.loop import train
+    out = tmp_path / "run"
+    train(run_config(synthetic_shards, "--out", str(out), "--max-steps", "4", "--eval-every", "2",
+                     "--save-every", save_every, "--hub-every", "best"))
+    score = next(r for r in rows(out, "val") if r["step"] == 2)["score"]
+    messages = [u["commit_message"] for u in double.calls("upload_folder")]
+    assert messages[0] == "wikiart: " + first_push.format(score=f"{score:.4f}"), messages
+    assert "training state step-00000004" in messages[-1]
+
+
 @pytest.mark.faults
 @pytest.mark.slow
 def test_a_stuck_hub_never_holds_up_training(tmp_path, double, synthetic_shards, monkeypatch):

@@ -130,11 +130,13 @@ class HubSync:
     """When to push (`--hub-every`), staging, and the final awaited push; main process only.
 
     `wikiart.training` calls `on_best` when best/ was replaced and `on_checkpoint` after every
-    training checkpoint (past its barrier, so a wait here never holds the other ranks):
+    training checkpoint (past its barrier, so a wait here never holds the other ranks), and the
+    loop calls `after_step` once a step's validation and checkpoint are done:
 
     - best: push whenever best/ improves;
     - epoch: push at each epoch-end checkpoint;
-    - N: push at the first validation or checkpoint at least N optimizer steps after the last push.
+    - N: push at the first checkpoint, or validation that improves best/, at least N optimizer
+      steps after the last push.
 
     Every push holds best/ (with the card) and the newest checkpoint under `training_state/`.
     The finished run's last checkpoint triggers `finish`; a run that stops early (signal,
@@ -149,6 +151,7 @@ class HubSync:
         self.pusher = HubPusher(self.repo_id, make_api, private=hub.hub_private)
         self._pushed_step, self._pushed_epoch = job.state.step, job.state.epoch
         self._submitted: tuple[Any, ...] | None = None
+        self._best_due = False  # best/ improved and waits for this step's checkpoint, if any
         self._seq = 0
         self.outcome: PushOutcome | None = None
         atexit.register(self._at_exit)
@@ -163,19 +166,27 @@ class HubSync:
         return isinstance(self.every, int) and self.job.state.step - self._pushed_step >= self.every
 
     def on_best(self, job: "Job") -> None:
+        """best/ improved. The push waits for the checkpoint of this step, when one follows (at
+        an epoch end, --save-every), so that it carries that training state, not the last one."""
         if self.every == "best" or self._steps_due():
-            self.submit(job)
+            self._best_due = True
 
     def on_checkpoint(self, job: "Job") -> None:
         state = job.state
         if state.finished:
             self.finish(job)
-        elif (self.every == "epoch" and state.batch_in_epoch == 0 and state.epoch != self._pushed_epoch) \
-                or self._steps_due():
+        elif self._best_due or self._steps_due() or \
+                (self.every == "epoch" and state.batch_in_epoch == 0 and state.epoch != self._pushed_epoch):
+            self.submit(job)
+
+    def after_step(self, job: "Job") -> None:
+        """A step's validation and saving are done: a better best/ that no checkpoint took goes now."""
+        if self._best_due:
             self.submit(job)
 
     def submit(self, job: "Job") -> bool:
         """Stage best/ + the newest checkpoint + card and enqueue them; False if nothing new."""
+        self._best_due = False
         best, latest = job.run_dir / "best", ckpt.latest_checkpoint(job.run_dir)
         key = (job.state.best_step, latest.name if latest else None)
         if key == self._submitted or (not best.is_dir() and latest is None):
