@@ -305,6 +305,22 @@ def test_learning_rates_weight_decay_and_ema_decay_given_at_resume_are_the_ones_
     assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 0.01
 
 
+def test_a_finished_run_resumed_with_a_higher_end_trains_on_and_with_the_same_end_does_nothing(
+        synthetic_shards, tmp_path):
+    out = tmp_path / "extended"
+    common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",
+              "--log-every", "1", *TINY]
+    run_train([*common, "--max-steps", "3"])
+    again = run_train([*common, "--max-steps", "3", "--resume", "auto"])
+    assert "already finished at step 3" in " ".join(again.stdout.split())
+    assert [r["step"] for r in metrics_rows(out, "train")] == [1, 2, 3]
+    longer = run_train([*common, "--max-steps", "5", "--resume", "auto"])
+    assert "finished at step 3; training on to step 5" in " ".join(longer.stdout.split())
+    assert [r["step"] for r in metrics_rows(out, "train")] == [1, 2, 3, 4, 5]
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0]
+    assert state.step == 5 and state.finished
+
+
 def test_rows_logged_after_the_last_checkpoint_are_not_kept_twice(synthetic_shards, tmp_path):
     out = tmp_path / "killed"
     common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",

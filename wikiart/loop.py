@@ -157,9 +157,13 @@ def fit(job: Job) -> dict[str, Any]:
     state, acc = job.state, job.accelerator
     hooks = StepHooks(job, stop_request_for(job))
     metrics: dict[str, Any] = {}
-    if state.finished:
+    if state.finished and state.step >= job.ctx.total_steps:
         job.logger.print(f"run in {job.run_dir} already finished at step {state.step}")
         return metrics
+    if state.finished:  # --max-steps or --epochs raised: train on, under the longer schedule
+        job.logger.print(f"run in {job.run_dir} finished at step {state.step}; training on to step "
+                         f"{job.ctx.total_steps}, on the learning-rate schedule of that many steps")
+        state.finished = False
     with job.logger:
         job.logger.restart_clock(state.step)
         while state.step < job.ctx.total_steps:
