@@ -102,6 +102,10 @@ ROWS = [
     ("evaluate-batch-size-zero", "evaluate.py", ["--batch-size", "0"], ["--batch-size"]),
     ("evaluate-eval-resize-negative", "evaluate.py", ["--eval-resize", "-1"], ["--eval-resize"]),
     ("evaluate-eval-resize-below-the-crop", "evaluate.py", ["--eval-resize", "16"], ["--eval-resize 16", "32-px"]),
+    ("evaluate-out-is-a-file", "evaluate.py", ["--out", "{a_file}"], ["--out {a_file}", "not a directory"]),
+    ("evaluate-out-under-a-file", "evaluate.py", ["--out", "{a_file}/eval"], ["--out {a_file}/eval"]),
+    *([("evaluate-fp16-without-gpu", "evaluate.py", ["--mixed-precision", "fp16"],
+        ["--mixed-precision fp16", "GPU"])] if not torch.cuda.is_available() else []),
     ("evaluate-shards-missing", "evaluate.py", ["--shards", "{nowhere}"], ["{nowhere}"]),
     ("evaluate-shards-without-manifest", "evaluate.py", ["--shards", "{empty_dir}"], ["{empty_dir}"]),
     ("evaluate-shards-other-version", "evaluate.py", ["--shards", "{old_shards}"],
@@ -140,7 +144,8 @@ ROWS = [
 # Rows that also run as real processes by default: every command once, through its real entry.
 SUBPROCESS_ROWS = {"train-resume-other-classes", "evaluate-checkpoint-other-task", "build-images-missing",
                    "predict-top-k-zero",
-                   "train-fp16-without-gpu"}  # in-process, Accelerate's shared state would keep fp16
+                   # in-process, Accelerate's shared state would keep fp16 for the rows after them
+                   "train-fp16-without-gpu", "evaluate-fp16-without-gpu"}
 
 
 def tiny_model(class_names: dict[str, list[str]]):

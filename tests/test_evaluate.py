@@ -225,6 +225,27 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, needle, untrained_
     assert not out.exists()
 
 
+def test_an_earlier_evaluations_reports_in_out_are_replaced_not_mixed_in(untrained_checkpoint, synthetic_shards,
+                                                                         tmp_path):
+    """A genre-only model evaluated into an --out that holds a combined model's reports: only its
+    own reports remain (and metrics.json says fp32 ran); files evaluate does not write stay."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = ["classification_report_artist.txt", "classification_report_genre.txt", "per_class_recall_style.csv",
+             "confusion_artist.png", "outliers_genre.csv", "outliers_genre.png"]
+    for name in [*stale, "notes.txt"]:
+        (out / name).write_text("an earlier evaluation\n")
+    rc = evaluate_main(["--checkpoint", str(untrained_checkpoint), "--shards", str(synthetic_shards),
+                        "--out", str(out), "--workers", "0"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "classification_report_genre.txt", "confusion_genre.png", "metrics.json", "notes.txt",
+        "per_class_recall_genre.csv"]
+    assert "earlier" not in (out / "classification_report_genre.txt").read_text()
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["mixed_precision"] == "no" and metrics["weights"] == "model"
+
+
 def test_required_flags_and_bad_values_are_command_line_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         evaluate_main(["--checkpoint", "x", "--shards", "y"])

@@ -265,6 +265,12 @@ def test_gradient_accumulation_and_ema_are_checkpointed_and_ema_weights_are_best
     shadow = extra["ema"]["shadow"]
     assert all(torch.equal(best[k], shadow[k]) for k in best)      # best/ holds the EMA weights
     assert any(not torch.equal(model[k], shadow[k]) for k in best)  # which differ from the raw ones
+    # and says so: evaluation reports them as EMA weights and --no-ema cannot take them for raw ones
+    from wikiart.evaluation_checkpoint import load_model
+    assert load_model(str(out)).weights == load_model(str(out / "best")).weights == "ema"
+    assert load_model(str(ckpt.latest_checkpoint(out)), use_ema=False).weights == "model"
+    with pytest.raises(ckpt.CheckpointError, match="--no-ema: .*best holds the EMA weights"):
+        load_model(str(out), use_ema=False)
 
 
 def test_ema_switched_on_at_resume_averages_from_the_resumed_weights(synthetic_shards, tmp_path):

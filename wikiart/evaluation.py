@@ -12,6 +12,7 @@ the manifest is refused before anything is written.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ from accelerate import Accelerator
 from rich.console import Console
 
 from .cli import run_cli
-from .config import DataConfig, EvalConfig, parse_eval_config
+from .config import ConfigError, DataConfig, EvalConfig, parse_eval_config
 from .data import build_eval_data
 from .device_defaults import resolve_mixed_precision
 from .engine import EvalOutputs, evaluate
@@ -64,7 +65,11 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
     if cfg.push_to_hub:  # a bad repo id or a missing token fails before any work
         check_repo_id(cfg.push_to_hub)
         check_token()
+    check_out_dir(Path(cfg.out))  # before the scoring, not after it
     accelerator = make_accelerator(resolve_mixed_precision(cfg.mixed_precision))
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
+        raise ValueError(f"--mixed-precision fp16 needs a GPU: on {accelerator.device.type} Accelerate has no "
+                         f"fp16 autocast and would score in fp32; use --mixed-precision bf16 or no")
     manifest = load_manifest(cfg.shards)
     loaded = load_checked_model(cfg, manifest)
     channels_last = accelerator.device.type == "cuda"  # the GPU fast path, as in training
@@ -78,7 +83,8 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
     out = score_split(accelerator, loaded.model, manifest, cfg.split, data_cfg,
                       with_embeddings=cfg.outliers, tta_flip=cfg.tta == "flip")
     class_names = loaded.model.class_names_dict()
-    summary = {**describe_run(cfg, loaded, data_cfg, manifest, out, accelerator.num_processes),
+    summary = {**describe_run(cfg, loaded, data_cfg, manifest, out, accelerator.num_processes,
+                              accelerator.mixed_precision),
                **evaluation_metrics(out.logits, out.labels, class_names)}
     tables = {}
     if cfg.outliers:
@@ -106,14 +112,29 @@ def card_metrics(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_run(cfg: EvalConfig, loaded: LoadedModel, data_cfg: DataConfig, manifest: Manifest,
-                 out: EvalOutputs, world_size: int) -> dict[str, Any]:
+                 out: EvalOutputs, world_size: int, mixed_precision: str) -> dict[str, Any]:
     """What was evaluated: checkpoint, split and sample counts (the head of metrics.json)."""
     return {"checkpoint": cfg.checkpoint, "checkpoint_kind": loaded.kind, "checkpoint_path": loaded.path,
             "checkpoint_step": loaded.step, "weights": loaded.weights, "shards": str(cfg.shards),
             "split": cfg.split, "num_samples": len(out.keys), "manifest_samples": manifest.num_samples(cfg.split),
             "tta": cfg.tta, "image_size": loaded.model.image_size,
             "eval_resize": build_eval_transform(data_cfg).resize,
-            "world_size": world_size}
+            "world_size": world_size, "mixed_precision": mixed_precision}
+
+
+# What write_outputs writes per task: an earlier evaluation's files of these names are removed
+# first, so that --out never mixes reports of two models (or of tasks this one does not have).
+REPORT_PATTERNS = ("classification_report_*.txt", "per_class_recall_*.csv", "confusion_*.png",
+                   "outliers_*.csv", "outliers_*.png")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """--out must be a directory we can write, or not exist yet (it is created at the end)."""
+    existing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a directory")
+    if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise ConfigError(f"--out {out_dir}: {existing} is not a writable directory")
 
 
 def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: dict[str, Any],
@@ -121,6 +142,8 @@ def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: d
     """metrics.json, classification_report_<task>.txt, per_class_recall_<task>.csv,
     confusion_<task>.png (+ outliers_<task>.csv/png)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [p for pattern in REPORT_PATTERNS for p in out_dir.glob(pattern)]:
+        stale.unlink()
     for task, m in summary["tasks"].items():
         write_classification_report(out_dir / f"classification_report_{task}.txt", task, m, cfg.split,
                                     cfg.checkpoint)

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import checkpoint as ckpt
@@ -50,7 +51,7 @@ def load_model(spec: str, *, use_ema: bool = True) -> LoadedModel:
     if path.exists():
         return _load_local(path, spec, use_ema)
     if _REPO_ID.match(spec) and not spec.startswith("."):
-        return _load_hub(spec)
+        return _check_no_ema(_load_hub(spec), use_ema)
     raise ckpt.CheckpointError(f"--checkpoint {spec}: no such file or directory")
 
 
@@ -60,9 +61,9 @@ def _load_local(path: Path, spec: str, use_ema: bool) -> LoadedModel:
     if (path / ckpt.COMPLETE_MARKER).is_file() and (path / "extra.pt").is_file():
         return _load_training_state(path, use_ema)
     if (path / "model.safetensors").is_file() and (path / "config.json").is_file():
-        return _load_pretrained(path)
+        return _load_pretrained(path, use_ema)
     if (path / "best" / "model.safetensors").is_file():
-        return _load_pretrained(path / "best")
+        return _load_pretrained(path / "best", use_ema)
     latest = ckpt.latest_checkpoint(path)
     if latest is not None:
         return _load_training_state(latest, use_ema)
@@ -76,12 +77,40 @@ def _from_pretrained(name: str) -> CNNRNNClassifier:
         return CNNRNNClassifier.from_pretrained(name)
 
 
-def _load_pretrained(path: Path) -> LoadedModel:
+WEIGHTS_KEY = "weights"  # in a saved model's config.json: "ema" when training saved the EMA average
+
+
+def record_weights_kind(model_dir: Path, kind: str) -> None:
+    """Note in model_dir/config.json which weights save_pretrained wrote ("model" or "ema"); the
+    model ignores the key, evaluation reports it (and refuses --no-ema for EMA weights)."""
+    path = Path(model_dir) / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), WEIGHTS_KEY: kind}, indent=2) + "\n")
+
+
+def _weights_kind(config_file: Path | str) -> str:
+    try:
+        kind = json.loads(Path(config_file).read_text()).get(WEIGHTS_KEY, "model")
+    except (OSError, ValueError, AttributeError):
+        return "model"
+    return kind if kind in ("model", "ema") else "model"
+
+
+def _check_no_ema(loaded: LoadedModel, use_ema: bool) -> LoadedModel:
+    if not use_ema and loaded.weights == "ema":
+        raise ckpt.CheckpointError(
+            f"--no-ema: {loaded.path} holds the EMA weights (training saved best/ from its EMA); give a "
+            f"training checkpoint (checkpoints/step-N) for the raw weights")
+    return loaded
+
+
+def _load_pretrained(path: Path, use_ema: bool = True) -> LoadedModel:
     try:
         model = _from_pretrained(str(path))
     except Exception as exc:  # noqa: BLE001 - config/weight mismatches surface as many types
         raise ckpt.CheckpointError(f"could not load the model in {path}: {exc}") from exc
-    return LoadedModel(model.eval(), "pretrained", str(path), model.eval_resize or _run_eval_resize(path.parent))
+    loaded = LoadedModel(model.eval(), "pretrained", str(path), model.eval_resize or _run_eval_resize(path.parent),
+                         weights=_weights_kind(path / "config.json"))
+    return _check_no_ema(loaded, use_ema)
 
 
 def _load_hub(repo_id: str) -> LoadedModel:
@@ -91,7 +120,15 @@ def _load_hub(repo_id: str) -> LoadedModel:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ckpt.CheckpointError(f"--checkpoint {repo_id}: no such local directory, and the "
                                    f"Hugging Face Hub could not provide it ({reason})") from exc
-    return LoadedModel(model.eval(), "hub", repo_id, model.eval_resize)  # config.json carries it
+    return LoadedModel(model.eval(), "hub", repo_id, model.eval_resize,  # config.json carries it
+                       weights=_weights_kind(_cached_hub_file(repo_id, "config.json")))
+
+
+def _cached_hub_file(repo_id: str, filename: str) -> str:
+    """A file from_pretrained has just fetched: read from the local cache, no new download."""
+    from huggingface_hub import try_to_load_from_cache
+    path = try_to_load_from_cache(repo_id, filename)
+    return path if isinstance(path, str) else ""
 
 
 def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -120,7 +157,7 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
         # Only the weights and extra.pt: the optimizer state (2x the model) is not needed here.
         weights = load_file(str(path / "model.safetensors"))
         extra = ckpt.load_state_file(path / "extra.pt")
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise ckpt.CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
     if not extra.get("class_names"):
         raise ckpt.CheckpointError(f"checkpoint {path}: extra.pt has no class names")

@@ -23,6 +23,7 @@ from .data import balance_task_for, build_eval_data, train_batches_per_rank, tra
 from .device_augment import DeviceAugment
 from .device_defaults import apply_device_defaults, resolve_mixed_precision
 from .engine import LoopContext, evaluate
+from .evaluation_checkpoint import record_weights_kind
 from .hub import HubSync, check_hub_config, resolve_hub_resume
 from .labels import BASE_TASKS, heads_for_task
 from .manifest import Manifest, load_manifest
@@ -374,6 +375,7 @@ def _write_best(job: Job, metrics: dict[str, float]) -> None:
         else:
             net.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps({"step": job.state.step, **metrics}, indent=1) + "\n")
+        record_weights_kind(tmp, "ema" if job.ctx.ema is not None else "model")
         ckpt.replace_directory(tmp, job.run_dir / "best")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
