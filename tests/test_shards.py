@@ -112,6 +112,25 @@ def test_short_side_zero_keeps_original_jpeg_bytes(artgan, tmp_path):
         assert jpg == (images / meta["source"]).read_bytes()
 
 
+def test_short_side_zero_stores_a_jpeg_with_trailing_bytes_up_to_its_end_marker(tmp_path):
+    """Bytes after a JPEG's end-of-image marker (padding, vendor data) decode fine, but the loader
+    takes a JPEG without the marker near its end for truncated: such a file is stored without them,
+    and the loader reads every sample the manifest counts."""
+    from wikiart.data_stream import check_image_bytes
+    images, csvs = write_artgan(tmp_path / "src")
+    padded = images / ARTGAN_IMAGES["A"]
+    original = padded.read_bytes()
+    padded.write_bytes(original + b"\x00" * 200)
+    manifest = build(tmp_path / "out", "--images-root", str(images), "--csv-dir", str(csvs),
+                     "--short-side", "0", "--workers", "0")
+    stored = {meta["source"]: jpg for split in ("train", "val")
+              for _, jpg, meta in iter_shard_samples(manifest.shard_paths(split))}
+    assert len(stored) == manifest.num_samples("train") + manifest.num_samples("val") == len(ARTGAN_IMAGES)
+    assert stored[ARTGAN_IMAGES["A"]] == original
+    for jpg in stored.values():
+        check_image_bytes(jpg)  # raises CorruptSample for what the loader would skip
+
+
 def test_hf_parquet_build_matches_save_to_disk_build(tmp_path):
     from test_sources import hf_dataset
 

@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 from webdataset.tariterators import group_by_keys
 
+from .images import JPEG_END, JPEG_END_WINDOW
 from .labels import MISSING
 
 log = logging.getLogger("wikiart.data")
@@ -105,7 +106,7 @@ def check_image_bytes(data: bytes) -> None:
             h, w = simplejpeg.decode_jpeg_header(data)[:2]
         except ValueError as exc:
             raise CorruptSample(f"unreadable image header ({exc})") from None
-        if data.rfind(b"\xff\xd9", max(0, len(data) - 64)) < 0:
+        if data.rfind(JPEG_END, max(0, len(data) - JPEG_END_WINDOW)) < 0:
             raise CorruptSample("truncated JPEG (no end-of-image marker)")
     else:
         try:

@@ -51,6 +51,18 @@ def decode_rgb(src: ImageSource, min_side: int | None = None) -> Image.Image:
     return decode_image(src, min_side=min_side).image
 
 
+JPEG_END = b"\xff\xd9"      # end-of-image marker
+JPEG_END_WINDOW = 64        # the loader wants the marker this close to the end (else: truncated)
+
+
+def jpeg_without_trailer(data: bytes) -> bytes | None:
+    """A JPEG's bytes up to its last end-of-image marker, None if it has none. What follows the
+    marker (padding, a camera's extra data) is not image data: decoders ignore it, but the
+    loader's truncation check (`data_stream.check_image_bytes`) looks only at the last bytes."""
+    end = data.rfind(JPEG_END)
+    return data[:end + len(JPEG_END)] if end >= 0 else None
+
+
 def decode_image(src: ImageSource, min_side: int | None = None) -> Decoded:
     """Like `decode_rgb` but also returns the original size and format."""
     img = _open(src)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from .images import ImageDecodeError, decode_image, encode_jpeg, resize_short_side
+from .images import ImageDecodeError, decode_image, encode_jpeg, jpeg_without_trailer, resize_short_side
 from .manifest import ManifestError, load_manifest, sha256_file
 from .sources import Record, Source
 
@@ -66,9 +66,11 @@ def encode_sample(image: Any, params: EncodeParams) -> tuple[bytes, tuple[int, i
         img, orig, plain = decoded.image, decoded.orig_size, decoded.plain_jpeg
     orig = orig or img.size
     if params.short_side == 0 and plain and not params.max_side:
-        # --short-side 0 keeps originals: a plain RGB JPEG is stored byte for byte
-        data = image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
-        return bytes(data), orig, orig
+        # --short-side 0 keeps originals: a plain RGB JPEG is stored byte for byte, up to its end
+        # marker (else the loader would take it for truncated); one without is re-encoded below
+        data = jpeg_without_trailer(bytes(image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()))
+        if data is not None:
+            return data, orig, orig
     img = resize_short_side(img, params.short_side, params.max_side)
     return encode_jpeg(img, params.quality), orig, img.size
 
