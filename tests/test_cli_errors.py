@@ -130,6 +130,9 @@ ROWS = [
     ("build-images-missing", "wikiart-build-shards",
      ["--images-root", "{missing_images}", "--csv-dir", "{missing_csvs}"],
      ["--images-root {missing_images}", "2 of 10", MISSING_IMAGES[0], "--allow-missing"]),
+    ("build-split-file-not-utf8", "wikiart-build-shards",
+     ["--images-root", "{latin1_images}", "--csv-dir", "{latin1_csvs}"],
+     ["{latin1_csvs}/genre_train.csv:9", "not UTF-8", "0xe7"]),
     ("build-images-root-missing", "wikiart-build-shards", ["--images-root", "{nowhere}", "--csv-dir", "{csvs}"],
      ["--images-root", "{nowhere}"]),
     ("build-out-holds-another-build", "wikiart-build-shards",
@@ -209,6 +212,10 @@ def inputs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     rows[("genre", "train")][0] = ("A", 10)   # genre has 10 classes: 0..9
     paths["badlabel_images"], paths["badlabel_csvs"] = write_artgan(root / "artgan_badlabel", rows)
     paths["missing_images"], paths["missing_csvs"] = write_artgan(root / "artgan_missing")
+    paths["latin1_images"], paths["latin1_csvs"] = write_artgan(root / "artgan_latin1")
+    with (paths["latin1_csvs"] / "genre_train.csv").open("ab") as fh:
+        fh.write("Realism/gustave-courbet_la-rencontre-bonjour-monsieur-courbet.jpg,4\n".encode()
+                 + "Realism/jean-fran\u00e7ois-millet_the-gleaners.jpg,4\n".encode("latin-1"))
     for rel in MISSING_IMAGES:
         (paths["missing_images"] / rel).unlink()
     return {k: str(v) for k, v in paths.items()}

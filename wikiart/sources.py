@@ -151,10 +151,21 @@ def find_split_files(csv_dir: Path) -> dict[tuple[str, str], Path]:
     return found
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """A split or class file's lines (UTF-8, with or without a byte-order mark)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        line_no = data[:exc.start].count(b"\n") + 1
+        raise SourceError(f"{path}:{line_no}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                          f"{exc.start}); re-save the file as UTF-8") from None
+
+
 def read_class_file(path: Path) -> list[str]:
     """`index name` per line, indices 0..n-1 in order."""
     names = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for line_no, line in enumerate(read_text_lines(path), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
@@ -182,7 +193,7 @@ def read_split_file(path: Path, num_classes: int) -> list[tuple[str, int, int]]:
     `(Path to image),, (Groundtruth class)`, blank line and `,,` separator.
     """
     rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for line_no, line in enumerate(read_text_lines(path), 1):
         if not line.strip():
             continue
         match = _ROW.fullmatch(line.strip())
