@@ -42,6 +42,19 @@ def test_artgan_joins_task_files_into_one_record_per_image(artgan):
     assert len(set(keys)) == len(keys) and not any("." in k or "/" in k for k in keys)
 
 
+def test_a_painting_in_both_splits_of_a_task_takes_the_val_files_label(tmp_path):
+    """It goes to val (the leak rule), so the label it is scored on must be the val file's, even
+    though the train file is read first by name."""
+    rows = {key: list(entries) for key, entries in ARTGAN_ROWS.items()}
+    rows[("genre", "train")].append(("C", 9))   # genre_val.csv says 4
+    images, csvs = write_artgan(tmp_path, rows)
+    source = ArtGANSource(images, csvs)
+    c = by_path(source.index())[ARTGAN_IMAGES["C"]]
+    assert c.split == "val" and c.labels["genre"] == 4
+    assert source.stats["conflicting_labels"] == 1
+    assert source.stats["conflict_examples"] == [f"genre_train.csv:8 {ARTGAN_IMAGES['C']}"]
+
+
 def test_leak_rule_moves_val_images_of_any_task_out_of_train(artgan):
     source = ArtGANSource(*artgan)
     records = by_path(source.index())

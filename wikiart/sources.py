@@ -246,7 +246,9 @@ class ArtGANSource(Source):
         labels: dict[str, dict[str, int]] = defaultdict(dict)
         member: dict[str, set[tuple[str, str]]] = defaultdict(set)   # path -> {(task, split)}
         duplicates, conflicts = 0, []
-        for (task, split), path in sorted(files.items()):
+        # A task's val file first: a painting it lists goes to val, so its label there must win
+        # over a conflicting one in the train file (which is then the one reported).
+        for (task, split), path in sorted(files.items(), key=lambda item: (item[0][0], item[0][1] != "val")):
             if task not in tasks:
                 continue
             for rel, label, line_no in read_split_file(path, len(self.classes[task])):
