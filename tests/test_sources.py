@@ -255,6 +255,20 @@ def test_hf_parquet_streams_with_the_same_keys_labels_and_split(hf_copies):
     assert [r.split for r in again] == [r.split for r in stream_records]
 
 
+def test_hf_parquet_folder_of_several_splits_reads_only_the_asked_one(tmp_path):
+    """The Hub's layout: data/<split>-NNNNN-of-NNNNN.parquet. --hf-split picks the files."""
+    from wikiart.sources_hf import HFSource
+
+    ds = hf_dataset(40)
+    (tmp_path / "data").mkdir()
+    ds.select(range(30)).to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    ds.select(range(30, 40)).to_parquet(str(tmp_path / "data" / "test-00000-of-00001.parquet"))
+    assert len(HFSource(str(tmp_path)).index()) == 30
+    assert len(HFSource(str(tmp_path), split="test").index()) == 10
+    with pytest.raises(SourceError, match=r"no parquet files of split 'validation' \(it has \['test', 'train'\]"):
+        HFSource(str(tmp_path), split="validation")
+
+
 def test_hf_hub_name_offline_fails_fast_with_instructions(monkeypatch):
     from wikiart.sources_hf import HFSource
 

@@ -78,10 +78,26 @@ class HFSource(Source):
                 loaded = loaded[self.hf_split]
             self.disk = loaded
             return
-        files = [self.local] if self.local.is_file() else sorted(self.local.rglob("*.parquet"))
-        if not files or any(f.suffix != ".parquet" for f in files):
+        files = [str(self.local)] if self.local.is_file() else self._parquet_files_of_split()
+        if not files or any(not f.endswith(".parquet") for f in files):
             raise SourceError(f"--hf-dataset {self.local}: neither a save_to_disk directory nor parquet files")
-        self.parquet = [str(f) for f in files]
+        self.parquet = files
+
+    def _parquet_files_of_split(self) -> list[str]:
+        """The folder's parquet files of --hf-split, by the Hub's naming rules that `datasets`
+        applies (data/train-00000-of-00002.parquet, test/x.parquet, ...; files named after no
+        split are all "train")."""
+        from datasets.data_files import DataFilesDict, get_data_patterns
+        try:
+            splits = DataFilesDict.from_patterns(get_data_patterns(str(self.local)), base_path=str(self.local))
+        except FileNotFoundError:  # datasets' EmptyDatasetError: no data file at all
+            return []
+        parquet = {str(name): sorted(f for f in files if f.endswith(".parquet")) for name, files in splits.items()}
+        parquet = {name: files for name, files in parquet.items() if files}
+        if parquet and self.hf_split not in parquet:
+            raise SourceError(f"--hf-dataset {self.local}: no parquet files of split {self.hf_split!r} "
+                              f"(it has {sorted(parquet)}; use --hf-split)")
+        return parquet.get(self.hf_split, [])
 
     def _check_hub(self) -> None:
         if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", self.name):
