@@ -185,6 +185,26 @@ def test_parts_plus_merge_equal_single_build(tmp_path):
         merge_manifests(out)
 
 
+def test_parts_overwriting_a_build_of_more_shards_leave_none_of_its_shards(tmp_path):
+    """A single build of 4+ shards, replaced by a 2-part build of fewer: the old build's extra
+    shards and state records go, so a finished part re-run is verified (not refused as another
+    build) and the merged manifest stays."""
+    out = tmp_path / "out"
+    old = synthetic(out, 60, "--seed", "1")  # another build
+    new_args = ["--min-shards", "2", "--min-val-shards", "1", "--overwrite"]
+    for part in (0, 1):
+        synthetic(out, 60, "--num-parts", "2", "--part", str(part), *new_args)
+    assert main(["--out", str(out), "--merge-manifests"]) == 0
+    merged = load_manifest(out)
+    planned = {s["name"] for split in ("train", "val") for s in merged.to_json()["splits"][split]["shards"]}
+    assert len(planned) < len(old.shard_paths("train")) + len(old.shard_paths("val"))
+    assert {p.name for p in out.glob("*.tar")} == planned
+    assert {p.name.removesuffix(".json") for p in (out / STATE_DIR).glob("*.json")} == planned
+    assert synthetic(out, 60, "--num-parts", "2", "--part", "0", "--min-shards", "2", "--min-val-shards", "1") is None
+    assert load_manifest(out).to_json() == merged.to_json()
+    assert verify_shards(out) == []
+
+
 @pytest.mark.faults
 def test_rerun_reuses_finished_shards_and_replaces_broken_ones(tmp_path, capsys):
     out = tmp_path / "out"

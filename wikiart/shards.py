@@ -222,11 +222,15 @@ def _prepare_out(out: Path, fp: str, cfg: BuildConfig, planned: set[str]) -> Non
     if not previous - {fp}:
         return
     (out / MANIFEST_NAME).unlink(missing_ok=True)
-    if cfg.num_parts == 1:  # parts may run at the same time: only a single build clears the directory
+    # Shards that no part of this build writes, and their state records, go: any part may remove
+    # them, since no other part writes them either. A planned name is left to its own part.
+    for stale in [*out.glob("train-*.tar"), *out.glob("val-*.tar"), *(out / STATE_DIR).glob("*.json")]:
+        if stale.name.removesuffix(".json") not in planned:
+            stale.unlink(missing_ok=True)
+    if cfg.num_parts == 1:  # parts may run at the same time: only a single build clears the rest
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-        for stale in [*out.glob("train-*.tar"), *out.glob("val-*.tar"), *out.glob("manifest-part-*.json")]:
-            if stale.name not in planned:
-                stale.unlink()
+        for stale in out.glob("manifest-part-*.json"):
+            stale.unlink()
 
 
 def _previous_fingerprints(out: Path) -> set[str]:

@@ -298,7 +298,7 @@ def build_synthetic_shards(out_dir: str | Path, n: int = 500, short_side: int = 
                            min_val_shards: int = 4, workers: int = 0, **build: Any):
     """Build a synthetic shard set programmatically (tests, demo) and return its Manifest.
 
-    Extra keyword arguments are BuildConfig fields (e.g. n_artists=..., jpeg_quality=...).
+    Extra keyword arguments are BuildConfig fields (e.g. synthetic_artists=..., jpeg_quality=...).
     """
     from .shards import BuildConfig, build_shards  # late import: shards imports this module
 
