@@ -157,6 +157,24 @@ def tiny_model(class_names: dict[str, list[str]]):
                             rnn_layers=1, image_size=32)
 
 
+def artgan_inputs(root: Path) -> dict[str, Path]:
+    """ArtGAN downloads: a good one, one with a label out of range, one with images missing and one
+    with a split file that is not UTF-8."""
+    paths: dict[str, Path] = {}
+    paths["images"], paths["csvs"] = write_artgan(root / "artgan")
+    rows = {key: list(entries) for key, entries in ARTGAN_ROWS.items()}
+    rows[("genre", "train")][0] = ("A", 10)   # genre has 10 classes: 0..9
+    paths["badlabel_images"], paths["badlabel_csvs"] = write_artgan(root / "artgan_badlabel", rows)
+    paths["missing_images"], paths["missing_csvs"] = write_artgan(root / "artgan_missing")
+    paths["latin1_images"], paths["latin1_csvs"] = write_artgan(root / "artgan_latin1")
+    with (paths["latin1_csvs"] / "genre_train.csv").open("ab") as fh:
+        fh.write("Realism/gustave-courbet_la-rencontre-bonjour-monsieur-courbet.jpg,4\n".encode()
+                 + "Realism/jean-fran\u00e7ois-millet_the-gleaners.jpg,4\n".encode("latin-1"))
+    for rel in MISSING_IMAGES:
+        (paths["missing_images"] / rel).unlink()
+    return paths
+
+
 @pytest.fixture(scope="module")
 def inputs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Every input the table refers to, by name (built once, ~2 s). Nothing here may change."""
@@ -207,17 +225,7 @@ def inputs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     paths["ckpt_small_model"] = ckpt.save_checkpoint(root / "small_run", ckpt.TrainState(step=1), small.state_dict(),
                                                      no_optimizer, {"class_names": small.class_names_dict()})
 
-    paths["images"], paths["csvs"] = write_artgan(root / "artgan")
-    rows = {key: list(entries) for key, entries in ARTGAN_ROWS.items()}
-    rows[("genre", "train")][0] = ("A", 10)   # genre has 10 classes: 0..9
-    paths["badlabel_images"], paths["badlabel_csvs"] = write_artgan(root / "artgan_badlabel", rows)
-    paths["missing_images"], paths["missing_csvs"] = write_artgan(root / "artgan_missing")
-    paths["latin1_images"], paths["latin1_csvs"] = write_artgan(root / "artgan_latin1")
-    with (paths["latin1_csvs"] / "genre_train.csv").open("ab") as fh:
-        fh.write("Realism/gustave-courbet_la-rencontre-bonjour-monsieur-courbet.jpg,4\n".encode()
-                 + "Realism/jean-fran\u00e7ois-millet_the-gleaners.jpg,4\n".encode("latin-1"))
-    for rel in MISSING_IMAGES:
-        (paths["missing_images"] / rel).unlink()
+    paths.update(artgan_inputs(root))
     return {k: str(v) for k, v in paths.items()}
 
 

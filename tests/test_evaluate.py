@@ -233,14 +233,14 @@ def test_an_earlier_evaluations_reports_in_out_are_replaced_not_mixed_in(untrain
     out.mkdir()
     stale = ["classification_report_artist.txt", "classification_report_genre.txt", "per_class_recall_style.csv",
              "confusion_artist.png", "outliers_genre.csv", "outliers_genre.png"]
-    for name in [*stale, "notes.txt"]:
+    for name in [*stale, "notes.txt", "confusion_matrix_paper.png"]:
         (out / name).write_text("an earlier evaluation\n")
     rc = evaluate_main(["--checkpoint", str(untrained_checkpoint), "--shards", str(synthetic_shards),
-                        "--out", str(out), "--workers", "0"])
+                        "--out", str(out), "--workers", "0", "--mixed-precision", "no"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "classification_report_genre.txt", "confusion_genre.png", "metrics.json", "notes.txt",
-        "per_class_recall_genre.csv"]
+        "classification_report_genre.txt", "confusion_genre.png", "confusion_matrix_paper.png", "metrics.json",
+        "notes.txt", "per_class_recall_genre.csv"]
     assert "earlier" not in (out / "classification_report_genre.txt").read_text()
     metrics = strict_json(out / "metrics.json")
     assert metrics["mixed_precision"] == "no" and metrics["weights"] == "model"

@@ -393,22 +393,26 @@ def test_training_pushes_best_and_state_in_the_background(tmp_path, double, synt
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("save_every, first_push", [
-    ("2", "best model (step 2, val score {score}) + training state step-00000002"),  # waits for its checkpoint
-    ("4", "best model (step 2, val score {score})"),  # no checkpoint at step 2: pushed after validating
-])
-def test_a_better_best_is_pushed_with_the_checkpoint_of_its_step(tmp_path, double, synthetic_shards, save_every,
+@pytest.mark.parametrize("args, first_push", [
+    (["--save-every", "2"], "best model (step 2, val score {score}) + training state step-00000002"),
+    (["--save-every", "4"], "best model (step 2, val score {score})"),  # no checkpoint at step 2: pushed at once
+    # the last step of an epoch (370 genre paintings / 32 = 11 steps): the epoch's checkpoint takes it
+    (["--batch-size", "32", "--epochs", "2", "--eval-every", "11", "--max-steps", "12"],
+     "best model (step 11, val score {score}) + training state step-00000011"),
+], ids=["checkpoint-at-that-step", "no-checkpoint", "epoch-end"])
+def test_a_better_best_is_pushed_with_the_checkpoint_of_its_step(tmp_path, double, synthetic_shards, args,
                                                                   first_push):
     """Validation (and best/) come before the checkpoint of the same step: the push of an improved
     best/ must carry that checkpoint, or a `--resume hub` after losing the machine goes back further."""
     from wikiart.loop import train
     out = tmp_path / "run"
     train(run_config(synthetic_shards, "--out", str(out), "--max-steps", "4", "--eval-every", "2",
-                     "--save-every", save_every, "--hub-every", "best"))
-    score = next(r for r in rows(out, "val") if r["step"] == 2)["score"]
+                     "--hub-every", "best", *args))
+    first_val = rows(out, "val")[0]
     messages = [u["commit_message"] for u in double.calls("upload_folder")]
-    assert messages[0] == "wikiart: " + first_push.format(score=f"{score:.4f}"), messages
-    assert "training state step-00000004" in messages[-1]
+    assert messages[0] == "wikiart: " + first_push.format(score=f"{first_val['score']:.4f}"), messages
+    last = rows(out, "train")[-1]["step"]
+    assert f"training state step-{last:08d}" in messages[-1]
 
 
 @pytest.mark.faults

@@ -267,6 +267,22 @@ def test_hf_parquet_folder_of_several_splits_reads_only_the_asked_one(tmp_path):
     assert len(HFSource(str(tmp_path), split="test").index()) == 10
     with pytest.raises(SourceError, match=r"no parquet files of split 'validation' \(it has \['test', 'train'\]"):
         HFSource(str(tmp_path), split="validation")
+    # datasets would quietly drop a file named after no split once others are: refused instead
+    (tmp_path / "more").mkdir()
+    ds.select(range(5)).to_parquet(str(tmp_path / "more" / "part2.parquet"))
+    with pytest.raises(SourceError, match=r"1 parquet file\(s\) belong to no split .*more/part2.parquet"):
+        HFSource(str(tmp_path))
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line_after_a_byte_order_mark(tmp_path):
+    from wikiart.sources import read_text_lines
+
+    path = tmp_path / "genre_train.csv"
+    path.write_bytes(b"\xef\xbb\xbfa.jpg,1\nb.jpg,2\n\xe7.jpg,3\n")
+    with pytest.raises(SourceError, match=r"genre_train.csv:3: not UTF-8 text \(byte 0xe7 at offset 19\)"):
+        read_text_lines(path)
+    path.write_bytes(b"\xef\xbb\xbfa.jpg,1\n")
+    assert read_text_lines(path) == ["a.jpg,1"]
 
 
 def test_hf_hub_name_offline_fails_fast_with_instructions(monkeypatch):

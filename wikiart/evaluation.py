@@ -29,6 +29,7 @@ from .engine import EvalOutputs, evaluate
 from .evaluation_checkpoint import LoadedModel, eval_data_config, load_model
 from .evaluation_outliers import compute_outliers, write_outlier_files
 from .hub import HubError, check_repo_id, check_token, push_eval_card
+from .labels import BASE_TASKS
 from .manifest import Manifest, ManifestError, load_manifest
 from .metrics import evaluation_metrics
 from .report import (plot_confusion, print_summary, write_classification_report, write_json,
@@ -124,8 +125,9 @@ def describe_run(cfg: EvalConfig, loaded: LoadedModel, data_cfg: DataConfig, man
 
 # What write_outputs writes per task: an earlier evaluation's files of these names are removed
 # first, so that --out never mixes reports of two models (or of tasks this one does not have).
-REPORT_PATTERNS = ("classification_report_*.txt", "per_class_recall_*.csv", "confusion_*.png",
-                   "outliers_*.csv", "outliers_*.png")
+REPORT_NAMES = tuple(name.format(task) for task in BASE_TASKS for name in (
+    "classification_report_{}.txt", "per_class_recall_{}.csv", "confusion_{}.png", "outliers_{}.csv",
+    "outliers_{}.png"))
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -142,8 +144,8 @@ def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: d
     """metrics.json, classification_report_<task>.txt, per_class_recall_<task>.csv,
     confusion_<task>.png (+ outliers_<task>.csv/png)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [p for pattern in REPORT_PATTERNS for p in out_dir.glob(pattern)]:
-        stale.unlink()
+    for name in REPORT_NAMES:
+        (out_dir / name).unlink(missing_ok=True)
     for task, m in summary["tasks"].items():
         write_classification_report(out_dir / f"classification_report_{task}.txt", task, m, cfg.split,
                                     cfg.checkpoint)

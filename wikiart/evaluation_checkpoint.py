@@ -87,12 +87,22 @@ def record_weights_kind(model_dir: Path, kind: str) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), WEIGHTS_KEY: kind}, indent=2) + "\n")
 
 
-def _weights_kind(config_file: Path | str) -> str:
+def _weights_kind(config_file: Path | str) -> str | None:
+    """"model" or "ema" as recorded in a saved model's config.json; None where it is not said."""
     try:
-        kind = json.loads(Path(config_file).read_text()).get(WEIGHTS_KEY, "model")
+        kind = json.loads(Path(config_file).read_text()).get(WEIGHTS_KEY)
     except (OSError, ValueError, AttributeError):
-        return "model"
-    return kind if kind in ("model", "ema") else "model"
+        return None
+    return kind if kind in ("model", "ema") else None
+
+
+def _best_weights_kind(path: Path) -> str:
+    """A best/ saved before the key existed: EMA weights exactly when its run trained an EMA."""
+    kind = _weights_kind(path / "config.json")
+    if kind is None:
+        run = _read_run_config(path.parent) or {}
+        kind = "ema" if (run.get("optim") or {}).get("ema_decay") else "model"
+    return kind
 
 
 def _check_no_ema(loaded: LoadedModel, use_ema: bool) -> LoadedModel:
@@ -109,7 +119,7 @@ def _load_pretrained(path: Path, use_ema: bool = True) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001 - config/weight mismatches surface as many types
         raise ckpt.CheckpointError(f"could not load the model in {path}: {exc}") from exc
     loaded = LoadedModel(model.eval(), "pretrained", str(path), model.eval_resize or _run_eval_resize(path.parent),
-                         weights=_weights_kind(path / "config.json"))
+                         weights=_best_weights_kind(path))
     return _check_no_ema(loaded, use_ema)
 
 
@@ -121,7 +131,7 @@ def _load_hub(repo_id: str) -> LoadedModel:
         raise ckpt.CheckpointError(f"--checkpoint {repo_id}: no such local directory, and the "
                                    f"Hugging Face Hub could not provide it ({reason})") from exc
     return LoadedModel(model.eval(), "hub", repo_id, model.eval_resize,  # config.json carries it
-                       weights=_weights_kind(_cached_hub_file(repo_id, "config.json")))
+                       weights=_weights_kind(_cached_hub_file(repo_id, "config.json")) or "model")
 
 
 def _cached_hub_file(repo_id: str, filename: str) -> str:

@@ -56,7 +56,8 @@ class StepHooks:
         if train.save_every and step % train.save_every == 0:  # after validating: the best so far is saved
             self.guard()
             save_training_state(job)
-        if job.hub is not None:
+        ends_epoch = job.state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum
+        if job.hub is not None and not ends_epoch:  # at an epoch end the epoch's checkpoint takes it
             job.hub.after_step(job)  # a better best/ that no checkpoint of this step took
         asked = train.stop_at_step is not None and step >= train.stop_at_step
         if self.stop.agreed(step, force_check=asked) or asked:

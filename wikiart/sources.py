@@ -11,6 +11,7 @@ save_to_disk directory or parquet files; in sources_hf.py), `SyntheticSource` (p
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import re
@@ -153,13 +154,14 @@ def find_split_files(csv_dir: Path) -> dict[tuple[str, str], Path]:
 
 def read_text_lines(path: Path) -> list[str]:
     """A split or class file's lines (UTF-8, with or without a byte-order mark)."""
-    data = path.read_bytes()
+    raw = path.read_bytes()
+    data = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        return data.decode("utf-8-sig").splitlines()
+        return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
         line_no = data[:exc.start].count(b"\n") + 1
         raise SourceError(f"{path}:{line_no}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
-                          f"{exc.start}); re-save the file as UTF-8") from None
+                          f"{exc.start + len(raw) - len(data)}); re-save the file as UTF-8") from None
 
 
 def read_class_file(path: Path) -> list[str]:

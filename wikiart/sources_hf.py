@@ -94,6 +94,12 @@ class HFSource(Source):
             return []
         parquet = {str(name): sorted(f for f in files if f.endswith(".parquet")) for name, files in splits.items()}
         parquet = {name: files for name, files in parquet.items() if files}
+        # Once some file is named after a split, datasets drops the ones that are not: refuse that
+        left_out = sorted({str(f) for f in self.local.rglob("*.parquet")} - {f for fs in parquet.values() for f in fs})
+        if left_out:
+            raise SourceError(f"--hf-dataset {self.local}: {len(left_out)} parquet file(s) belong to no split by "
+                              f"their names (e.g. {left_out[0]}) while others do ({sorted(parquet)}); name "
+                              f"them <split>-NNNNN-of-NNNNN.parquet or move them out")
         if parquet and self.hf_split not in parquet:
             raise SourceError(f"--hf-dataset {self.local}: no parquet files of split {self.hf_split!r} "
                               f"(it has {sorted(parquet)}; use --hf-split)")

@@ -275,11 +275,14 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
     state, model_state, optimizer_state, extra = ckpt.load_checkpoint(path)
     check_class_names(extra.get("class_names", {}), manifest, f"checkpoint {path}", heads=heads)
     chosen = [{k: group[k] for k in HYPERPARAMETERS} for group in optimizer.param_groups]
+    changed: list[str] = []
     try:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         if ema is not None and "ema" in extra:
             ema.load_state_dict(extra["ema"])
+            if ema.decay != cfg["optim"].ema_decay:
+                changed.append(f"EMA decay {ema.decay:g} -> {cfg['optim'].ema_decay:g}")
             ema.decay = cfg["optim"].ema_decay  # this command line's, as config.json records
         elif ema is not None:  # EMA newly on: it averages from the resumed weights, not the initial ones
             ema.load_state_dict({"decay": ema.decay, "num_updates": 0, "shadow": model.state_dict()})
@@ -289,12 +292,12 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
         raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of this command line "
                                    f"(--backbone and the model flags must match the run's): {reason}") from exc
     check_data_layout(state, path, accelerator.num_processes, cfg["data"].batch_size, cfg["train"].grad_accum)
-    changed = restore_hyperparameters(optimizer, chosen)
+    changed = restore_hyperparameters(optimizer, chosen) + changed
     if accelerator.is_main_process:
         print(f"resuming from {path} at step {state.step} (epoch {state.epoch}, "
               f"batch {state.batch_in_epoch})", flush=True)
         if changed:
-            print(f"the checkpoint's run had other learning rates or weight decay ({'; '.join(changed)}); "
+            print(f"the checkpoint's run had other hyperparameters ({'; '.join(changed)}); "
                   f"this command line's are used from here on", flush=True)
     return state, extra
 
