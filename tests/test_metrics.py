@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from wikiart.metrics import (combined_metrics, evaluation_metrics, headline_metrics, json_ready,
+from wikiart.metrics import (combined_metrics, evaluation_metrics, headline_metrics, joint_exact_match, json_ready,
                              task_metrics, topk_accuracy)
 
 NAMES = ["a", "b", "c", "d"]  # class "d" never occurs, neither as a label nor as a prediction
@@ -63,6 +63,17 @@ def test_topk_counts_ties_and_caps_k():
     two = np.array([[0.2, 0.8], [0.9, 0.1], [0.3, 0.7]])
     m = task_metrics(two, np.array([0, 0, 1]), ["x", "y"])  # 2 classes: no sklearn binary pitfall
     assert m["top1"] == pytest.approx(2 / 3) and m["top5"] == 1.0 and m["top5_k"] == 2
+
+
+def test_a_nan_logit_ranks_last_in_top1_the_confusion_matrix_and_joint_match_alike():
+    """A diverged head's NaN must not be a prediction in one number and not in the others."""
+    logits = np.array([[np.nan, 1.0, 0.0], [np.nan, 0.0, 1.0], [2.0, 1.0, 0.0]], dtype=np.float32)
+    labels = np.array([1, 0, 0])
+    m = task_metrics(logits, labels, NAMES[:3])
+    assert m["top1"] == pytest.approx(2 / 3)  # rows predict 1, 2, 0
+    assert np.trace(np.asarray(m["confusion"])) == 2
+    assert np.asarray(m["confusion"])[0].tolist() == [1, 0, 1]  # true 0: once 2 (not the NaN class 0), once 0
+    assert joint_exact_match({"genre": logits}, {"genre": labels}) == pytest.approx(2 / 3)
 
 
 def test_a_head_without_labels_scores_nothing_and_serialises_as_null():

@@ -30,6 +30,12 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-logp[np.arange(mask.sum()), labels[mask]].mean())
 
 
+def predicted_classes(logits: np.ndarray) -> np.ndarray:
+    """The top-ranked class of each row, as topk_accuracy ranks them: a NaN logit ranks last (not
+    first, as argmax has it), so top-1, the confusion matrix and the F1s tell the same story."""
+    return np.where(np.isnan(logits), -np.inf, logits).argmax(axis=1)
+
+
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Top-k accuracy over labelled rows; k is capped by the number of classes."""
     mask = _valid(labels)
@@ -48,7 +54,7 @@ def joint_exact_match(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
     any_label = np.zeros(n, dtype=bool)
     for t in tasks:
         mask = _valid(labels[t])
-        pred = logits[t].argmax(axis=1)
+        pred = predicted_classes(logits[t])
         right &= ~mask | (pred == labels[t])
         any_label |= mask
     return float(right[any_label].mean()) if any_label.any() else float("nan")
@@ -95,7 +101,7 @@ def task_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str])
         "top5": topk_accuracy(logits, labels, 5), "top5_k": min(5, len(class_names)),
     }
     y_true = labels[mask]
-    y_pred = logits[mask].argmax(axis=1) if mask.any() else y_true
+    y_pred = predicted_classes(logits[mask]) if mask.any() else y_true
     return {**out, **_label_scores(y_true, y_pred, list(class_names))}
 
 
