@@ -38,7 +38,8 @@ from safetensors.torch import load_file
 from wikiart import checkpoint as ckpt
 from wikiart.faults import ENV as FAULT_ENV
 
-from test_hub import REPO, double_env
+from test_hub import REPO
+from test_hub_training import double_env
 from test_train import ROOT, TINY, metrics_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
