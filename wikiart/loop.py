@@ -56,8 +56,7 @@ class StepHooks:
         if train.save_every and step % train.save_every == 0:  # after validating: the best so far is saved
             self.guard()
             save_training_state(job)
-        ends_epoch = job.state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum
-        if job.hub is not None and not ends_epoch:  # at an epoch end the epoch's checkpoint takes it
+        if job.hub is not None and not epoch_done(job):  # at an epoch end the epoch's checkpoint takes it
             job.hub.after_step(job)  # a better best/ that no checkpoint of this step took
         asked = train.stop_at_step is not None and step >= train.stop_at_step
         if self.stop.agreed(step, force_check=asked) or asked:
@@ -152,6 +151,11 @@ def data_for_epoch(job: Job) -> DataConfig:
     return data
 
 
+def epoch_done(job: Job) -> bool:
+    """The current epoch's last step has been trained (its end-of-epoch validation and save follow)."""
+    return job.state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum
+
+
 def fit(job: Job) -> dict[str, Any]:
     """Train until the configured length or a stop request; returns the last validation metrics
     (or {"stopped_at_step": N, "exit_code": 75} when stopped early)."""
@@ -182,7 +186,7 @@ def fit(job: Job) -> dict[str, Any]:
                     job.hub.finish(job)  # push the saved state, wait (bounded) for the upload
                 acc.end_training()
                 return {"stopped_at_step": state.step, "exit_code": EXIT_PREEMPTED}
-            if state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum:
+            if epoch_done(job):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             hooks.guard()
             metrics = run_validation(job)

@@ -197,3 +197,18 @@ class ModelEMA:
             yield net
         finally:
             net.load_state_dict(live)
+
+
+HYPERPARAMETERS = ("base_lr", "weight_decay")  # per parameter group, set by --lr/--backbone-lr/--weight-decay
+
+
+def restore_hyperparameters(optimizer: torch.optim.Optimizer, chosen: list[dict[str, float]]) -> list[str]:
+    """Put this command line's peak learning rates and weight decay back into the param groups
+    that a loaded optimizer state replaced (its moments are kept); returns what changed."""
+    changed = []
+    for group, values in zip(optimizer.param_groups, chosen):
+        for key, value in values.items():
+            if group[key] != value:
+                changed.append(f"{group.get('name', 'group')} {key} {group[key]:g} -> {value:g}")
+            group[key] = value
+    return changed

@@ -30,7 +30,7 @@ from .manifest import Manifest, load_manifest
 from .metrics import headline_metrics
 from .mixing import Mixer
 from .model import CNNRNNClassifier, from_config
-from .optim import FreezePlan, ModelEMA, build_optimizer
+from .optim import HYPERPARAMETERS, FreezePlan, ModelEMA, build_optimizer, restore_hyperparameters
 from .preemption import STOPPED_MARKER
 from .ranks import raise_on_every_rank
 from .runlog import RunLogger
@@ -300,21 +300,6 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
             print(f"the checkpoint's run had other hyperparameters ({'; '.join(changed)}); "
                   f"this command line's are used from here on", flush=True)
     return state, extra
-
-
-HYPERPARAMETERS = ("base_lr", "weight_decay")  # per parameter group, set by --lr/--backbone-lr/--weight-decay
-
-
-def restore_hyperparameters(optimizer: torch.optim.Optimizer, chosen: list[dict[str, float]]) -> list[str]:
-    """Put this command line's peak learning rates and weight decay back into the param groups
-    that a loaded optimizer state replaced (its moments are kept); returns what changed."""
-    changed = []
-    for group, values in zip(optimizer.param_groups, chosen):
-        for key, value in values.items():
-            if group[key] != value:
-                changed.append(f"{group.get('name', 'group')} {key} {group[key]:g} -> {value:g}")
-            group[key] = value
-    return changed
 
 
 def check_data_layout(state: ckpt.TrainState, path: Path, world_size: int, batch_size: int, grad_accum: int) -> None:
