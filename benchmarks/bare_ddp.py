@@ -46,7 +46,8 @@ def _rank(rank: int, world: int, port: int, shards: str, batch_size: int, image_
         dist.init_process_group("gloo", rank=rank, world_size=world)
     manifest = load_manifest(shards)
     cfg = parse_train_config(["--task", "genre", "--shards", shards, "--backbone", "resnet18", "--image-size",
-                              str(image_size), "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1"])
+                              str(image_size), "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1",
+                              "--no-pretrained"])
     torch.manual_seed(0)
     model = build_model(cfg, manifest, ("genre",))
     net = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True) if distributed else model

@@ -95,7 +95,7 @@ def pipeline_rate(shards: Path, out: Path, args) -> tuple[float, list[float]]:
     flags = ["--task", "genre", "--shards", str(shards), "--out", str(out), "--backbone", args.backbone,
              "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
              "--max-steps", str(args.steps + args.warmup * args.log_every), "--epochs", "1",
-             "--log-every", str(args.log_every), "--no-progress"]
+             "--log-every", str(args.log_every), "--no-progress", "--no-pretrained"]
     if args.compile:
         flags.append("--compile")
     if args.workers is not None:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               f"{time.perf_counter() - start:.0f} s", flush=True)
         manifest = load_manifest(shards)
         cfg = parse_train_config(["--task", "genre", "--shards", str(shards), "--backbone", args.backbone,
-                                  "--image-size", str(args.image_size)])
+                                  "--image-size", str(args.image_size), "--no-pretrained"])
         step_rate, flops = model_step_rate(cfg, manifest, args, device)
         print(f"(a) model step alone: {step_rate:.0f} images/s", flush=True)
         full_rate, rates = pipeline_rate(shards, Path(tmp) / "run", args)

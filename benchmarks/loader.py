@@ -2,7 +2,7 @@
 
 The seed's way: a map-style `Dataset` that opens WikiArt-sized originals (generated JPEGs with a
 long side of 1500-4000 px) with PIL and applies torchvision's RandomResizedCrop, flip,
-ColorJitter, ToTensor, Normalize and RandomErasing (the same recipe). Ours: `build_train_data`
+ColorJitter, ToTensor, RandomErasing and Normalize (the same recipe). Ours: `build_train_data`
 over shards built from the same originals by the real shard builder (448-px shorter side).
 Both through a DataLoader with the same number of workers (default 1: "per core"), batch 16,
 384 px; rates count samples after the first batch (worker start-up excluded for both).
@@ -72,8 +72,8 @@ class SeedDataset(Dataset):
         self.transform = T.Compose([
             T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.rrc_scale), ratio=tuple(cfg.rrc_ratio)),
             T.RandomHorizontalFlip(), T.ColorJitter(*cfg.color_jitter), T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            T.RandomErasing(p=cfg.erasing_p, scale=ERASING_SCALE, ratio=ERASING_RATIO, value="random")])
+            T.RandomErasing(p=cfg.erasing_p, scale=ERASING_SCALE, ratio=ERASING_RATIO, value="random"),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batches = make_batches(args.chunk * 4, args.batch_size, args.image_size, manifest.num_classes("genre"))
         common = ["--task", "genre", "--shards", str(shards), "--backbone", "resnet18", "--image-size",
                   str(args.image_size), "--batch-size", str(args.batch_size), "--no-progress",
-                  "--log-every", "10", "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1"]
+                  "--log-every", "10", "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1",
+                  "--no-pretrained"]
         no_mix = ["--mixup-p", "0", "--cutmix-p", "0"]
         plain = setup_job(parse_train_config([*common, "--out", f"{tmp}/a", *no_mix, "--erasing-p", "0",
                                               "--color-jitter", "0", "0", "0", "0"]))

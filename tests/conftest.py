@@ -38,7 +38,7 @@ def trained_run(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory
            "--task", "combined", "--epochs", "1", "--max-steps", "20", "--workers", "1",
            "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
            "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
-           "--balance", "none"]
+           "--balance", "none", "--no-pretrained"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -8,13 +8,30 @@ from wikiart.config import (TASK_PRESETS, TRAIN_SECTIONS, ConfigError, from_dict
                             parse_train_config, to_dict)
 
 
-def test_defaults_follow_the_task_preset():
-    cfg = parse_train_config(["--task", "style"])
-    assert cfg["optim"].unfreeze_epoch == TASK_PRESETS["style"]["unfreeze_epoch"] == 7
-    assert cfg["train"].epochs == 14
-    genre = parse_train_config(["--task", "genre"])
-    assert genre["optim"].unfreeze_epoch is None
-    assert genre["data"].image_size == 384 and genre["optim"].lr == pytest.approx(8e-4)
+# Each notebook's recipe (shared/seed/*/..._final_wOutliers and combined/gcomb).
+SEED = {"artist": dict(epochs=10, cosine_t_max=15, unfreeze_epoch=None),
+        "genre": dict(epochs=10, cosine_t_max=15, unfreeze_epoch=None),
+        "style": dict(epochs=20, cosine_t_max=None, unfreeze_epoch=7),
+        "combined": dict(epochs=20, cosine_t_max=None, unfreeze_epoch=None)}
+
+
+@pytest.mark.parametrize("task", list(SEED))
+def test_the_task_presets_are_the_seed_recipes(task):
+    cfg = parse_train_config(["--task", task])
+    data, model, optim, train = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
+    assert (train.epochs, optim.cosine_t_max, optim.unfreeze_epoch) == tuple(SEED[task].values())
+    assert (data.image_size, data.batch_size, data.batch_scaling, data.balance) == (384, 64, "global", "inverse")
+    assert (data.rrc_scale, data.rrc_ratio, data.color_jitter) == ((0.7, 1.0), (0.85, 1.15), (0.12, 0.12, 0.10, 0.03))
+    assert (data.erasing_p, data.hflip) == (0.2, True)
+    assert model.pretrained and model.backbone == "resnet50" and model.attention_pool == "linear"
+    assert (model.proj_dim, model.rnn_hidden, model.rnn_layers, model.rnn_dropout, model.head_dropout) == \
+        (320, 256, 2, 0.2, 0.4)
+    assert (optim.lr, optim.backbone_lr, optim.weight_decay, optim.eta_min) == (8e-4, 1.5e-4, 1e-4, 1e-6)
+    assert (optim.schedule, optim.warmup_steps, optim.clip_grad, optim.label_smoothing) == ("epoch", 0, 1.0, 0.03)
+    assert (optim.mixup_p, optim.mixup_alpha, optim.cutmix_p, optim.cutmix_alpha) == (0.35, 0.3, 0.35, 1.0)
+    assert optim.freeze_stem and not optim.freeze_backbone_epochs and not optim.frozen_bn_eval
+    assert not optim.exclude_norm_bias_decay and optim.ema_decay is None
+    assert data.combined_data == "intersection" and data.balance_task is None
 
 
 def test_yaml_overrides_preset_and_flags_override_yaml(tmp_path):
@@ -30,8 +47,8 @@ def test_yaml_can_choose_the_task_and_its_preset(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  task: combined\n")
     cfg = parse_train_config(["--config", str(path)])
-    assert cfg["data"].task == "combined" and cfg["data"].balance_task == "style"
-    assert cfg["optim"].unfreeze_epoch == 4
+    assert cfg["data"].task == "combined" and cfg["train"].epochs == 20
+    assert cfg["optim"].unfreeze_epoch is None  # the notebook's unfreeze_epoch = 4 is never used
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -17,8 +17,8 @@ import torch
 from shard_helpers import CLASSES, make_shards, split_keys
 from wikiart.config import DataConfig
 from wikiart.data import balance_task_for, build_eval_data, build_train_data, train_samples_for
-from wikiart.data_stream import (CorruptSample, Sample, balance_weights, balanced, check_image_bytes, decode_image,
-                                 iter_shard)
+from wikiart.data_stream import (CorruptSample, Sample, balance_weights, balanced, check_image_bytes,
+                                 class_weigher, decode_image, iter_shard)
 from wikiart.manifest import ManifestError, load_manifest
 from wikiart.transforms import AUG_SIZE
 
@@ -210,15 +210,16 @@ def test_balance_weights_and_repeat_drop():
     assert np.allclose(np.asarray(counts)[[0, 1, 3]] * inverse[[0, 1, 3]], 150)  # uniform
     weights = np.asarray([0.25, 2.5])
     samples = [Sample(f"k{i}", b"", {"style": i % 3 - 1}) for i in range(3000)]  # -1, 0, 1
-    out = collections.Counter(s.key for s in balanced(samples, "style", weights, np.random.default_rng(0)))
+    out = collections.Counter(s.key for s in balanced(samples, class_weigher("style", weights), np.random.default_rng(0)))
     by_label = {lab: [out[s.key] for s in samples if s.labels["style"] == lab] for lab in (-1, 0, 1)}
     assert set(by_label[-1]) == {1}  # missing label: weight 1
     assert set(by_label[1]) == {2, 3} and abs(np.mean(by_label[1]) - 2.5) < 0.08
     assert set(by_label[0]) == {0, 1} and abs(np.mean(by_label[0]) - 0.25) < 0.05
 
 
-def test_balance_task_defaults_to_style_for_combined():
-    assert balance_task_for(DataConfig(task="combined")) == "style"
+def test_balance_task_defaults_to_the_three_tasks_mean_on_the_intersection_and_style_on_the_union():
+    assert balance_task_for(DataConfig(task="combined")) == "all"
+    assert balance_task_for(DataConfig(task="combined", combined_data="union")) == "style"
     assert balance_task_for(DataConfig(task="genre")) == "genre"
     assert balance_task_for(DataConfig(task="combined", balance_task="artist")) == "artist"
 

@@ -22,7 +22,7 @@ def _batches(n: int, size: int = 4):
 
 @pytest.fixture(scope="module")
 def net():
-    return from_config(ModelConfig(backbone="resnet18", proj_dim=8, rnn_hidden=8, rnn_layers=1),
+    return from_config(ModelConfig(backbone="resnet18", pretrained=False, proj_dim=8, rnn_hidden=8, rnn_layers=1),
                        {"genre": ["a", "b", "c"]}, 32)
 
 

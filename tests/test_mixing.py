@@ -1,4 +1,5 @@
-"""MixUp / CutMix: label mixing by hand, CutMix area, mode probabilities, generator-only randomness."""
+"""MixUp / CutMix: label mixing by hand, CutMix area, mode probabilities, generator-only randomness,
+the partner row (the seed's random permutation by default, or the flipped batch)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import random
 import pytest
 import torch
 
+from wikiart.config import OptimConfig
 from wikiart.losses import hard_targets
-from wikiart.mixing import Mixer, mix_targets
+from wikiart.mixing import Mixer, cutmix_box, mix_targets
 
 NUM = {"genre": 2, "style": 3}
 
@@ -48,9 +50,9 @@ def test_no_mixing_returns_hard_targets():
 
 def test_mixup_images_and_every_head_agree():
     labels = {"genre": torch.tensor([0, 1]), "style": torch.tensor([2, -1])}
-    out, targets, info = Mixer(1.0, 0.3, 0.0, 1.0, num_classes=NUM)(two_images(), labels, gen(3))
+    out, targets, info = Mixer(1.0, 0.3, 0.0, 1.0, num_classes=NUM, partner="flip")(two_images(), labels, gen(3))
     lam = info["lam"]
-    assert info["mode"] == "mixup" and 0.0 < lam < 1.0
+    assert info["mode"] == "mixup" and 0.0 < lam < 1.0 and info["partner"] == (1, 0)
     assert torch.allclose(out[0], torch.full_like(out[0], 1 - lam))  # 0 * lam + 1 * (1 - lam)
     assert torch.allclose(out[1], torch.full_like(out[1], lam))
     genre_soft, genre_mask = targets["genre"]
@@ -64,8 +66,8 @@ def test_cutmix_lam_is_the_pasted_area(seed):
     images = two_images(16, 20)
     before = images.clone()
     labels = {"genre": torch.tensor([0, 1])}
-    out, targets, info = Mixer(0.0, 0.3, 1.0, 1.0, num_classes=NUM)(images, labels, gen(seed))
-    assert info["mode"] == "cutmix"
+    out, targets, info = Mixer(0.0, 0.3, 1.0, 1.0, num_classes=NUM, partner="flip")(images, labels, gen(seed))
+    assert info["mode"] == "cutmix" and info["partner"] == (1, 0)
     y1, y2, x1, x2 = info["box"]
     pasted = out[0, 0]  # ones where sample 1 was pasted into sample 0
     box = torch.zeros(16, 20)
@@ -103,3 +105,62 @@ def test_same_generator_seed_same_result_and_global_rng_untouched():
 def test_bad_probabilities_are_rejected():
     with pytest.raises(ValueError, match="sum to <= 1"):
         Mixer(0.7, 0.3, 0.5, 1.0, num_classes=NUM)
+
+
+def test_cutmix_box_spans_the_seeds_centre_minus_plus_half_cut():
+    """The seed's rand_bbox: centre -/+ cut // 2, so an odd cut (int(20 * 0.36) = 7) gives 6 px."""
+    boxes = [cutmix_box(20, 20, 1 - 0.36 ** 2, gen(seed)) for seed in range(40)]
+    assert max(y2 - y1 for y1, y2, _, _ in boxes) == 6 and max(x2 - x1 for _, _, x1, x2 in boxes) == 6
+    assert min(y2 - y1 for y1, y2, _, _ in boxes) < 6  # some boxes are clipped at the border
+
+
+def batch_of(n: int = 8) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    images = torch.rand(n, 3, 12, 12, generator=gen(42))
+    labels = {"genre": torch.tensor([0, 1, -1, 1, 0, 0, 1, -1])[:n], "style": torch.arange(n) % 3}
+    return images, labels
+
+
+def test_perm_is_the_default_partner_and_is_drawn_from_the_generator():
+    assert OptimConfig().mix_partner == "perm"
+    mixer = Mixer(1.0, 0.3, 0.0, 1.0, num_classes=NUM)
+    images, labels = batch_of()
+    perms = [mixer(images, labels, gen(seed))[2]["partner"] for seed in range(10)]
+    assert all(sorted(perm) == list(range(8)) for perm in perms)
+    assert mixer(images, labels, gen(4))[2]["partner"] == perms[4]  # same step seed, same pairing
+    assert len(set(perms)) > 5 and tuple(range(7, -1, -1)) not in perms  # not the flip
+    flip = Mixer(1.0, 0.3, 0.0, 1.0, num_classes=NUM, partner="flip")
+    assert all(flip(images, labels, gen(seed))[2]["partner"] == tuple(range(7, -1, -1)) for seed in range(3))
+
+
+def test_mixup_mixes_each_row_with_its_permuted_partner():
+    images, labels = batch_of()
+    out, targets, info = Mixer(1.0, 0.3, 0.0, 1.0, num_classes=NUM)(images, labels, gen(5))
+    perm, lam = torch.tensor(info["partner"]), info["lam"]
+    assert perm.tolist() != list(range(8)) and 0.0 < lam < 1.0
+    assert torch.equal(out, images * lam + images[perm] * (1.0 - lam))
+    for task, y in labels.items():
+        own, own_mask = hard_targets({task: y}, NUM)[task]
+        other, other_mask = hard_targets({task: y[perm]}, NUM)[task]
+        soft, mask = targets[task]
+        assert torch.equal(mask, own_mask & other_mask)  # a missing label on either side drops the row
+        assert torch.allclose(soft, (lam * own + (1 - lam) * other) * mask.unsqueeze(1))
+    assert targets["genre"][1].sum() < 6  # the two unlabelled genres also drop their partners' rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cutmix_pastes_the_permuted_partner_into_the_box(seed):
+    images, labels = batch_of()
+    out, targets, info = Mixer(0.0, 0.3, 1.0, 1.0, num_classes=NUM)(images, labels, gen(seed))
+    perm, (y1, y2, x1, x2) = torch.tensor(info["partner"]), info["box"]
+    want = images.clone()
+    want[:, :, y1:y2, x1:x2] = images[perm][:, :, y1:y2, x1:x2]
+    assert torch.equal(out, want)
+    assert info["lam"] == pytest.approx(1.0 - (y2 - y1) * (x2 - x1) / 144, abs=1e-12)
+    style_b = torch.nn.functional.one_hot(labels["style"][perm], 3).float()
+    style_a = torch.nn.functional.one_hot(labels["style"], 3).float()
+    assert torch.allclose(targets["style"][0], info["lam"] * style_a + (1 - info["lam"]) * style_b)
+
+
+def test_bad_partner_is_rejected():
+    with pytest.raises(ValueError, match="--mix-partner 'shuffle'"):
+        Mixer(num_classes=NUM, partner="shuffle")

@@ -1,4 +1,5 @@
-"""CNNRNNClassifier: shapes, gradient flow, feature paths, hub round trip, offline ImageNet weights."""
+"""CNNRNNClassifier: shapes, gradient flow, feature paths, hub round trip, local ImageNet weights
+(downloading them: tests/test_pretrained.py)."""
 
 from __future__ import annotations
 
@@ -164,17 +165,18 @@ def test_from_pretrained_is_strict(tmp_path):
 
 
 def test_from_config_honours_the_cli_fields():
-    cfg = ModelConfig(backbone="resnet18", proj_dim=12, rnn_hidden=6, rnn_layers=1, head_dropout=0.1, rnn=True)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, proj_dim=12, rnn_hidden=6, rnn_layers=1,
+                      head_dropout=0.1, rnn=True)
     model = from_config(cfg, CLASSES, image_size=48)
     assert model.proj[0].out_channels == 12 and model.row_rnn.hidden_size == 6
     assert model.row_rnn.num_layers == 1 and model.dropout.p == 0.1 and model.image_size == 48
     assert model.embed_dim == 512 + 4 * 6
-    assert not from_config(ModelConfig(backbone="resnet18", rnn=False), CLASSES, 48).use_rnn
+    assert not from_config(ModelConfig(backbone="resnet18", pretrained=False, rnn=False), CLASSES, 48).use_rnn
 
 
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache, and no way to download."""
+    """An empty torch hub cache, and no way to download (these tests must never need to)."""
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
 
@@ -186,17 +188,10 @@ def empty_hub(tmp_path, monkeypatch):
     torch.hub.set_dir(old)
 
 
-def test_pretrained_offline_says_what_to_download(empty_hub):
-    cfg = ModelConfig(backbone="resnet18", pretrained=True, **SMALL)
-    with pytest.raises(PretrainedWeightsError) as err:
-        from_config(cfg, CLASSES, 64)
-    message = str(err.value)
-    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
-    assert str(empty_hub / "checkpoints" / "resnet18-f37072fd.pth") in message
-    assert "--pretrained-path" in message
-    assert isinstance(err.value, RuntimeError)
-    with pytest.raises(PretrainedWeightsError, match="nope.pth: file not found"):
+def test_missing_pretrained_path_is_an_error_not_a_download(empty_hub):
+    with pytest.raises(PretrainedWeightsError, match="nope.pth: file not found") as err:
         from_config(ModelConfig(backbone="resnet18", pretrained_path=str(empty_hub / "nope.pth")), CLASSES, 64)
+    assert isinstance(err.value, RuntimeError) and not empty_hub.exists()
 
 
 def test_pretrained_from_local_file_and_from_cache(empty_hub, tmp_path):

@@ -19,7 +19,8 @@ from PIL import Image
 
 from wikiart.evaluation import main as evaluate_main
 from wikiart.manifest import load_manifest, sha256_file
-from wikiart.outliers import class_centroids, l2_normalize, outlier_table
+from wikiart.outliers import class_centroids, joint_outlier_table, l2_normalize, outlier_table
+from wikiart.report import joint_caption, plot_contact_sheet, write_outliers_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +75,64 @@ def test_unlabelled_rows_are_skipped_and_a_class_without_centroid_still_scores()
     assert np.isnan(table.own_sim[no_centroid]).all() and np.isfinite(table.score).all()
 
 
+# The joint ranking (several heads). Logits = log-probabilities, so softmax gives them back.
+# key: (artist label, artist probs), (style label, style probs or raw logits)
+JOINT = {
+    "a": (0, [0.9, 0.1], 0, [0.8, 0.1, 0.1]),   # 1-p: 0.1, 0.2  -> 0.15, 0 wrong
+    "b": (0, [0.3, 0.7], 1, [0.2, 0.5, 0.3]),   # 0.7 (wrong), 0.5 -> 0.60, 1 wrong
+    "c": (1, [0.6, 0.4], 2, [0.2, 0.6, 0.2]),   # 0.6 (wrong), 0.8 (wrong) -> 0.70, 2 wrong
+    "f": (0, [0.3, 0.7], 1, [0.2, 0.5, 0.3]),   # exactly b's numbers: after b by key
+    "g": (-1, [0.5, 0.5], 0, [0.01, 0.98, 0.01]),  # no artist label: not ranked, though it would lead
+}
+# d and e have equal scores (tied logits; the first of tied classes is predicted): e has both
+# heads wrong, d none, so e ranks first despite its later key.
+TIED = {"d": (0, 0), "e": (1, 1)}
+
+
+def joint_case():
+    keys, labels, logits = [], {"artist": [], "style": []}, {"artist": [], "style": []}
+    for key, (artist, p_artist, style, p_style) in JOINT.items():
+        keys.append(key)
+        labels["artist"].append(artist), labels["style"].append(style)
+        logits["artist"].append(np.log(p_artist)), logits["style"].append(np.log(p_style))
+    for key, (artist, style) in TIED.items():
+        keys.append(key)
+        labels["artist"].append(artist), labels["style"].append(style)
+        logits["artist"].append([0.0, 0.0]), logits["style"].append([1.0, 1.0, -1.0])
+    return keys, {t: np.array(v) for t, v in labels.items()}, {t: np.array(v) for t, v in logits.items()}
+
+
+def test_joint_ranking_is_the_mean_of_one_minus_the_true_class_probability():
+    keys, labels, logits = joint_case()
+    table = joint_outlier_table(keys, labels, logits)
+    assert table.keys == ["c", "b", "f", "e", "d", "a"]
+    tied = (0.5 + 1.0 - 1.0 / (2.0 + np.exp(-2.0))) / 2     # artist 1 - 0.5, style 1 - e/(2e + 1/e)
+    np.testing.assert_allclose(table.score, [0.7, 0.6, 0.6, tied, tied, 0.15], rtol=1e-9)
+    assert table.mismatch_count.tolist() == [2, 1, 1, 2, 0, 0]
+    rows = table.rows({"artist": ["p", "q"], "style": ["x", "y", "z"]})
+    assert rows[0] == {"rank": 1, "key": "c", "artist_true": "q", "artist_predicted": "p",
+                       "artist_p_true": pytest.approx(0.4), "artist_mismatch": True, "style_true": "z",
+                       "style_predicted": "y", "style_p_true": pytest.approx(0.2), "style_mismatch": True,
+                       "combined_outlier_score": pytest.approx(0.7), "mismatch_count": 2}
+    assert rows[1]["artist_mismatch"] and not rows[1]["style_mismatch"]
+
+
+def test_joint_table_csv_and_contact_sheet(tmp_path):
+    keys, labels, logits = joint_case()
+    rows = joint_outlier_table(keys, labels, logits).rows({"artist": ["p", "q"], "style": ["x", "y", "z"]})
+    columns = ["rank", "key", "source", *list(rows[0])[2:]]
+    write_outliers_csv(tmp_path / "joint.csv", rows, {"c": "wikiart/c.jpg"}, columns)
+    with (tmp_path / "joint.csv").open() as fh:
+        written = list(csv.DictReader(fh))
+    assert [r["key"] for r in written] == ["c", "b", "f", "e", "d", "a"]
+    assert written[0]["source"] == "wikiart/c.jpg" and written[0]["combined_outlier_score"] == "0.700000"
+    assert written[0]["style_p_true"] == "0.200000" and written[0]["mismatch_count"] == "2"
+    assert joint_caption(rows[0])[2:] == ["artist: q -> p (0.40)", "style: z -> y (0.20)"]
+    plot_contact_sheet(tmp_path / "joint.png", rows[:4], {}, "joint", caption=joint_caption)
+    with Image.open(tmp_path / "joint.png") as sheet:
+        assert sheet.size[0] == 4 * (224 + 16)
+
+
 # ---------------------------------------------------------------------------------------------
 # Through evaluate.py --outliers: a model that separates genres, shards with planted swaps.
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +145,7 @@ def genre_run(synthetic_shards, tmp_path_factory) -> Path:
            "--image-size", "32", "--batch-size", "8", "--proj-dim", "16", "--rnn-hidden", "16",
            "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress", "--balance", "none",
            "--mixup-p", "0", "--cutmix-p", "0", "--erasing-p", "0", "--label-smoothing", "0",
-           "--lr", "2e-3", "--backbone-lr", "1e-3"]
+           "--lr", "2e-3", "--backbone-lr", "1e-3", "--no-pretrained"]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -160,5 +219,6 @@ def test_evaluate_outliers_finds_planted_label_swaps(genre_run, synthetic_shards
         assert row["true"] == classes[relabel[row["key"]]] and row["source"].startswith("synthetic:")
     assert metrics["outliers"]["centroids"] == "train"
     assert set(relabel) <= set(metrics["outliers"]["tasks"]["genre"]["top"])
+    assert "joint" not in metrics["outliers"] and not (out / "outliers_joint.csv").exists()  # one head
     with Image.open(out / "outliers_genre.png") as sheet:
         assert 600 <= sheet.width <= 4000 and 300 <= sheet.height <= 4000

@@ -155,7 +155,7 @@ def poisoned_run(synthetic_shards, tmp_path) -> tuple[Path, Path, Path]:
     path = ckpt.save_checkpoint(run, ckpt.TrainState(step=1), model.state_dict(), {"state": {}, "param_groups": []},
                                 {"class_names": model.class_names_dict()})
     cfg = parse_train_config(["--task", "genre", "--backbone", "resnet18", "--image-size", "32", "--proj-dim", "8",
-                              "--rnn-hidden", "8", "--rnn-layers", "1"])
+                              "--rnn-hidden", "8", "--rnn-layers", "1", "--no-pretrained"])
     (run / "config.json").write_text(json.dumps(to_dict(cfg)))
     marker = tmp_path / "PWNED"
     torch.save({"state": {}, "param_groups": [], "evil": Payload(marker)}, path / "optimizer.pt")
@@ -186,7 +186,7 @@ def test_train_resume_refuses_the_poisoned_checkpoint_and_writes_nothing(poisone
     saved = sys.argv
     sys.argv = ["train.py", "--shards", str(synthetic_shards), "--out", str(out), "--task", "genre",
                 "--backbone", "resnet18", "--image-size", "32", "--proj-dim", "8", "--rnn-hidden", "8",
-                "--rnn-layers", "1", "--workers", "0", "--max-steps", "1", "--resume", str(path)]
+                "--rnn-layers", "1", "--workers", "0", "--max-steps", "1", "--no-pretrained", "--resume", str(path)]
     try:
         code, stderr = quiet(runpy.run_path, str(Path(__file__).resolve().parents[1] / "train.py"), None, "__main__")
     finally:

@@ -179,16 +179,73 @@ def test_device_erasing_fills_exactly_the_box_with_normalised_noise_and_is_seede
     norm = Normalizer(IMAGENET_MEAN, IMAGENET_STD)
     consts = norm.constants(torch.device("cpu"))
     x = torch.full((2, 3, 16, 16), 7.0)
-    erase_boxes(x, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts)
+    erase_boxes(x, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts, fill="uniform")
     pixels = (x[0, :, 2:6, 3:8] - consts[1][0]) / consts[0][0]  # back to the 0..255 pixel scale
     assert (x[0, :, 2:6, 3:8] != 7.0).all() and pixels.min() >= -1e-3 and pixels.max() < 255 and pixels.std() > 40
     x[0, :, 2:6, 3:8] = 7.0
     assert (x == 7.0).all()  # nothing outside the box, nothing in the image without a box
     y = torch.full((2, 3, 16, 16), 7.0)
-    erase_boxes(y, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts)
+    erase_boxes(y, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts, fill="uniform")
     z = torch.full((2, 3, 16, 16), 7.0)
-    erase_boxes(z, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts)
+    erase_boxes(z, [(2, 3, 4, 5), (0, 0, 0, 0)], torch.Generator().manual_seed(0), *consts, fill="uniform")
     assert torch.equal(y, z)
+
+
+def erasing_batch(jitter: tuple[float, ...]) -> dict:
+    """4 photos, 48 px, each with a 40x40 box at (4, 4): 6400 erased pixels per channel."""
+    img = np.stack([photo(48, 48, seed=s) for s in range(4)])
+    aug = torch.tensor([[*jitter, 4, 4, 40, 40]] * 4, dtype=torch.float32)
+    return {"image": torch.from_numpy(img).permute(0, 3, 1, 2), "aug": aug}
+
+
+def expected_fills(seed: int, draw) -> torch.Tensor:
+    """The (4, 3, 40, 40) noise DeviceAugment draws for `seed`, one block per box in order."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([draw((3, 40, 40), generator=gen) for _ in range(4)])
+
+
+def test_default_erasing_fill_is_the_seeds_normal_noise_normalised():
+    """torchvision's RandomErasing(value="random") before Normalize: z ~ N(0, 1) in [0, 1] space,
+    so the normalised box holds (z - mean) / std: per channel mean -mean/std and std 1/std. A
+    uniform pixel fill gives about (0.5 - mean) / std and 0.29 / std, far outside the tolerances."""
+    assert DataConfig().erasing_fill == "normal"
+    batch = erasing_batch((1.0, 1.0, 1.0, 0.0))
+    out = DeviceAugment.for_recipe((0, 0, 0, 0), 1.0, IMAGENET_MEAN, IMAGENET_STD)(batch, torch.device("cpu"), 3)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1), torch.tensor(IMAGENET_STD).view(3, 1)
+    box = out[:, :, 4:44, 4:44].transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(box.mean(dim=1, keepdim=True), -mean / std, atol=0.25)
+    assert torch.allclose(box.std(dim=1, keepdim=True), 1 / std, rtol=0.05)
+    want = (expected_fills(3, torch.randn) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert torch.allclose(out[:, :, 4:44, 4:44], want, atol=1e-5)
+    plain = Normalizer(IMAGENET_MEAN, IMAGENET_STD)(batch["image"].float())
+    out[:, :, 4:44, 4:44] = plain[:, :, 4:44, 4:44]
+    assert torch.equal(out, plain)  # nothing erased outside the boxes
+
+
+def test_erasing_comes_after_the_jitter_and_is_not_clamped():
+    """The seed erases after ColorJitter: the box holds the noise alone, neither jittered nor
+    clamped to the image range (N(0, 1) noise leaves [0, 1] often)."""
+    batch = erasing_batch((1.3, 0.8, 1.2, 0.1))
+    stage = DeviceAugment.for_recipe((0.4, 0.4, 0.4, 0.1), 1.0, IMAGENET_MEAN, IMAGENET_STD)
+    out = stage(batch, torch.device("cpu"), 9)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    z = expected_fills(9, torch.randn)
+    assert (z < 0).any() and (z > 1).any()
+    assert torch.allclose(out[:, :, 4:44, 4:44], (z - mean) / std, atol=1e-5)
+    jitter_only = DeviceAugment.for_recipe((0.4, 0.4, 0.4, 0.1), 0.0, IMAGENET_MEAN, IMAGENET_STD)
+    jittered = jitter_only(batch, torch.device("cpu"), 9)
+    assert torch.equal(out[:, :, :4], jittered[:, :, :4]) and not torch.equal(out, jittered)
+
+
+def test_uniform_erasing_fill_is_normalised_pixel_noise_and_bad_fills_are_refused():
+    batch = erasing_batch((1.0, 1.0, 1.0, 0.0))
+    stage = DeviceAugment.for_recipe((0, 0, 0, 0), 1.0, IMAGENET_MEAN, IMAGENET_STD, erasing_fill="uniform")
+    out = stage(batch, torch.device("cpu"), 3)
+    scale, bias = Normalizer(IMAGENET_MEAN, IMAGENET_STD).constants(torch.device("cpu"))
+    want = expected_fills(3, torch.rand) * (255.0 * scale) + bias
+    assert torch.equal(out[:, :, 4:44, 4:44], want)  # today's values, bit for bit
+    with pytest.raises(ValueError, match="--erasing-fill 'gauss'"):
+        DeviceAugment.for_recipe((0, 0, 0, 0), 1.0, IMAGENET_MEAN, IMAGENET_STD, erasing_fill="gauss")
 
 
 def test_folded_normalisation_equals_jitter_clamp_then_normalise():

@@ -1,19 +1,32 @@
-"""torchvision backbones truncated before pooling, and offline loading of their ImageNet weights.
+"""torchvision backbones truncated before pooling, and their ImageNet weights.
 
 The truncated backbone is an `nn.Sequential` of the torchvision model's own top-level children
 under their own names (`conv1`, ..., `layer4` or `features`), so its state-dict keys are a
 subset of the torchvision ones and ImageNet weights load by name with no key mapping.
+
+The weights are downloaded the way torchvision does it (same URL, same file in
+`$TORCH_HOME/hub/checkpoints`, same SHA-256 check, so torchvision and we share the cache), but
+never hang on an offline node: the host is probed first, and a failure is one line saying
+where to put the file by hand.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
+import sys
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
+
+from .netprobe import unreachable
+from .ranks import raise_on_every_rank
 
 # Top-level children that produce the feature map, per model family, in forward order.
 _RESNET_LIKE = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -22,10 +35,12 @@ _SWIN_LIKE = ("features", "norm", "permute")  # features are (B, H, W, C); `perm
 _FEATURES = ("features",)
 EXAMPLES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "convnext_tiny",
             "efficientnet_v2_s", "resnext50_32x4d", "regnet_y_800mf", "mobilenet_v3_large")
+# A download that receives nothing for this long fails (urllib's default is to wait forever).
+DOWNLOAD_STALL_S = 60.0
 
 
 class PretrainedWeightsError(RuntimeError):
-    """ImageNet weights are not available offline, or the file does not fit the backbone."""
+    """ImageNet weights could not be had (not cached, no download), or the file does not fit the backbone."""
 
 
 def classification_models() -> list[str]:
@@ -79,13 +94,14 @@ def imagenet_weights_url(name: str) -> str:
 
 
 def cached_weights_path(name: str) -> Path:
-    """Where `torch.hub.load_state_dict_from_url` would keep the weights of `name`."""
-    filename = os.path.basename(imagenet_weights_url(name))
+    """Where `torch.hub.load_state_dict_from_url` (torchvision) keeps the weights of `name`."""
+    filename = os.path.basename(urlparse(imagenet_weights_url(name)).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
 def resolve_weights_file(name: str, path: str | os.PathLike | None = None) -> Path:
-    """The local weights file to load; never downloads (clusters are often offline)."""
+    """The local weights file to load: `path` as given (never downloads), else the torch hub
+    cache's file, downloaded into the cache when absent."""
     if path is not None:
         file = Path(path)
         if not file.is_file():
@@ -93,12 +109,57 @@ def resolve_weights_file(name: str, path: str | os.PathLike | None = None) -> Pa
         return file
     file = cached_weights_path(name)
     if not file.is_file():
-        url = imagenet_weights_url(name)
-        raise PretrainedWeightsError(
-            f"ImageNet weights for {name!r} are not in the torch hub cache and nothing is downloaded. "
-            f"Download {url} on a machine with internet and put it at {file} "
-            f"(the cache is $TORCH_HOME/hub/checkpoints), or pass --pretrained-path /path/to/{file.name}.")
+        download_imagenet_weights(name)
     return file
+
+
+def download_imagenet_weights(name: str) -> Path:
+    """Download the ImageNet weights of `name` into the torch hub cache; one-line
+    PretrainedWeightsError when the host is unreachable or the download fails."""
+    url, file = imagenet_weights_url(name), cached_weights_path(name)
+    reason = unreachable(url) or _download(url, file)
+    if reason:
+        raise PretrainedWeightsError(
+            f"ImageNet weights for {name!r} are not in the torch hub cache and could not be downloaded "
+            f"({' '.join(reason.split())}): fetch {url} and put it at {file}, or pass --pretrained-path FILE, "
+            f"or --no-pretrained to start from random weights")
+    return file
+
+
+def _download(url: str, file: Path) -> str | None:
+    """torchvision's download (load_state_dict_from_url with check_hash=True): a temp file beside
+    `file`, moved there only when its SHA-256 starts with the hash in the file name (every
+    torchvision weights file has one), so a partial file never sits at `file` - urllib itself
+    takes a body cut short for a complete one. Returns why it failed, None on success."""
+    match = torch.hub.HASH_REGEX.search(file.name)
+    sys.stderr.write(f"downloading {url} to {file}\n")
+    # Process-wide, so only for the download: setup runs no other network work meanwhile.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_STALL_S)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(file), match.group(1) if match else None,
+                                       progress=sys.stderr.isatty())
+    except (OSError, RuntimeError, ValueError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None
+
+
+def fetch_pretrained(model_cfg: Any, accelerator: Any) -> None:
+    """Before the ranks build the model (ModelConfig `model_cfg`): the main process downloads the
+    ImageNet weights the run starts from when the cache lacks them while the other ranks wait,
+    and its failure is raised on every rank, so none is left waiting at a collective."""
+    if not model_cfg.pretrained or model_cfg.pretrained_path or model_cfg.backbone not in classification_models():
+        return  # a local file or random init: nothing to download; a bad name fails in build_backbone
+    error = None
+    if accelerator.is_main_process:
+        try:
+            resolve_weights_file(model_cfg.backbone)
+        except PretrainedWeightsError as exc:
+            error = exc
+    raise_on_every_rank(accelerator, error)
 
 
 def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
@@ -121,8 +182,8 @@ def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
 def load_imagenet_weights(backbone: nn.Module, name: str, path: str | os.PathLike | None = None) -> Path:
     """Load torchvision ImageNet weights of `name` into a backbone from `build_backbone`.
 
-    Reads `path` or the torch hub cache; raises PretrainedWeightsError instead of downloading.
-    Returns the file that was read.
+    Reads `path`, else the torch hub cache (downloading into it when absent, see
+    `resolve_weights_file`). Returns the file that was read.
     """
     file = resolve_weights_file(name, path)
     state = _read_state_dict(file)

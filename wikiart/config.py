@@ -27,32 +27,50 @@ class DataConfig:
     shards: str = opt("shards", "directory with the WebDataset shards and manifest.json")
     image_size: int = opt(384, "training crop size in pixels", min=8)
     eval_resize: int | None = opt(None, "eval resize of the shorter side (default: image_size * 13/12)", min=1)
-    batch_size: int = opt(64, "per-process batch size", min=1)
+    batch_size: int = opt(64, "batch size: the global batch, split over the ranks (--batch-scaling global), or "
+                          "per rank", min=1)
+    batch_scaling: str = opt("global", "several ranks: 'global' keeps --batch-size as the global batch (the "
+                             "seed's 64 on one GPU: 64 / ranks per rank); 'linear-lr' takes it per rank and "
+                             "multiplies the learning rates by the ranks (ours); 'per-rank' takes it per rank, "
+                             "learning rates as given (ours)", choices=("global", "linear-lr", "per-rank"))
     eval_batch_size: int | None = opt(None, "per-process eval batch size (default: batch_size)", min=1)
     workers: int | None = opt(None, "loader worker processes per rank (none: the cores per GPU minus one, "
                                     "up to 12, on CUDA; 2 on the CPU)", min=0)
     shuffle_buffer: int = opt(1000, "samples in the streaming shuffle buffer", min=1)
     balance: str = opt("none", "class balancing of the training stream", choices=("none", "sqrt", "inverse"))
-    balance_task: str | None = opt(None, "task to balance on for --task combined (default: style)",
-                                   choices=TASK_CHOICES[:3])
+    balance_task: str | None = opt(None, "task to balance on for --task combined: 'all' weighs a painting by "
+                                   "the mean of its three inverse class frequencies (the seed's); default: "
+                                   "'all' on the intersection, style on the union",
+                                   choices=(*TASK_CHOICES[:3], "all"))
+    combined_data: str = opt("intersection", "--task combined trains and validates on 'intersection': the "
+                             "paintings with all three labels (the seed's), or 'union': every painting, "
+                             "missing labels masked out of the loss (ours)", choices=("intersection", "union"))
     rrc_scale: tuple[float, ...] = opt((0.7, 1.0), "RandomResizedCrop scale range", nargs=2)
     rrc_ratio: tuple[float, ...] = opt((0.85, 1.15), "RandomResizedCrop aspect-ratio range", nargs=2)
     color_jitter: tuple[float, ...] = opt((0.12, 0.12, 0.10, 0.03),
                                           "ColorJitter brightness contrast saturation hue", nargs=4)
     erasing_p: float = opt(0.2, "RandomErasing probability", min=0.0)
+    erasing_fill: str = opt("normal", "RandomErasing fill: 'normal' (the seed's value='random': N(0, 1) "
+                            "noise in [0, 1] space, then normalised) or 'uniform' (ours: uniform pixel "
+                            "noise in [0, 255), normalised)", choices=("normal", "uniform"))
     hflip: bool = opt(True, "random horizontal flip")
 
 
 @dataclasses.dataclass
 class ModelConfig:
     backbone: str = opt("resnet50", "torchvision backbone: " + BACKBONES_HELP)
-    pretrained: bool = opt(False, "start from torchvision ImageNet weights")
-    pretrained_path: str | None = opt(None, "local file of ImageNet weights (else the torch hub cache)")
+    pretrained: bool = opt(True, "start from torchvision ImageNet weights, downloaded into the torch hub cache "
+                                 "($TORCH_HOME/hub/checkpoints) when absent (--no-pretrained: random init)")
+    pretrained_path: str | None = opt(None, "local file of ImageNet weights to start from (no download; "
+                                            "else the torch hub cache)")
     proj_dim: int = opt(320, "channels of the 1x1 projection before the GRUs", min=1)
     rnn_hidden: int = opt(256, "GRU hidden size per direction", min=1)
     rnn_layers: int = opt(2, "GRU layers", min=1)
     rnn_dropout: float = opt(0.2, "dropout between GRU layers", min=0.0)
     head_dropout: float = opt(0.4, "dropout before the heads", min=0.0)
+    attention_pool: str = opt("linear", "attention pooling over rows/columns: 'linear' (the seed's "
+                              "Linear(D, 1) scorer) or 'mlp' (ours: Linear -> Tanh -> Linear)",
+                              choices=("linear", "mlp"))
     rnn: bool = opt(True, "use the row/column BiGRU branch (--no-rnn: GAP-only ablation)")
     channels_last: bool | None = opt(None, "channels_last memory format (none: on for CUDA, off on the CPU)")
     compile: bool = opt(False, "torch.compile the model (falls back to eager if compiling fails)")
@@ -72,9 +90,24 @@ class OptimConfig:
     mixup_alpha: float = opt(0.3, "MixUp Beta(alpha, alpha)", min=0.0, exclusive_min=True)
     cutmix_p: float = opt(0.35, "probability of CutMix per batch", min=0.0)
     cutmix_alpha: float = opt(1.0, "CutMix Beta(alpha, alpha)", min=0.0, exclusive_min=True)
-    freeze_stem: bool = opt(True, "keep the backbone stem (conv1, bn1) frozen when "
-                                                 "starting from pretrained weights")
-    unfreeze_epoch: int | None = opt(None, "epoch at which the whole backbone is unfrozen (none: never)", min=0)
+    mix_partner: str = opt("perm", "MixUp/CutMix partner of each row: 'perm' (the seed's: a random "
+                           "permutation of the batch) or 'flip' (ours: the batch reversed, as in timm)",
+                           choices=("perm", "flip"))
+    freeze_stem: bool = opt(True, "keep the backbone stem (conv1, bn1) frozen when starting from "
+                            "pretrained weights (the seed's)")
+    unfreeze_epoch: int | None = opt(None, "1-based epoch (the seed counts from 1) at whose start the stem "
+                                     "unfreezes too, AdamW is rebuilt (fresh moments) and the cosine restarts "
+                                     "over the epochs left (the seed's style recipe: 7); none: never", min=1)
+    freeze_backbone_epochs: int = opt(0, "ours: keep the whole backbone frozen (BatchNorm in eval mode) for the "
+                                      "first N epochs, training only the new modules", min=0)
+    frozen_bn_eval: bool = opt(False, "ours: put the frozen stem's BatchNorm in eval mode (the seed leaves "
+                               "it in train mode: batch statistics, running statistics updated)")
+    exclude_norm_bias_decay: bool = opt(False, "ours: no weight decay on biases and normalisation weights "
+                                        "(the seed decays every parameter)")
+    schedule: str = opt("epoch", "cosine stepped once per 'epoch' (the seed's CosineAnnealingLR) or per "
+                        "optimizer 'step' (ours)", choices=("epoch", "step"))
+    cosine_t_max: int | None = opt(None, "cosine period T_max in epochs (the seed's artist/genre: 15 over 10 "
+                                   "epochs, ending near 35%% of the peak); none: the run's epochs", min=1)
     task_weights: tuple[float, ...] = opt((1.0, 1.0, 1.0), "loss weights artist genre style (combined)",
                                           nargs=3, min=0.0)
     ema_decay: float | None = opt(None, "EMA of weights with this decay (none: off)", min=0.0)
@@ -119,11 +152,14 @@ TRAIN_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "op
                                    "train": TrainConfig, "hub": HubConfig}
 
 # The recipe per task (the defaults above are genre's). Applied before YAML and flags.
+# The seed notebooks' recipes (README "Seed recipe vs options"): artist/genre run 10 epochs of a
+# T_max=15 cosine; style 20 epochs with the restart at its epoch 7; combined 20 epochs (its
+# notebook assigns unfreeze_epoch = 4 but never uses it).
 TASK_PRESETS: dict[str, dict[str, Any]] = {
-    "artist": {"epochs": 12, "balance": "inverse"},
-    "genre": {"epochs": 10, "balance": "inverse"},
-    "style": {"epochs": 14, "balance": "inverse", "unfreeze_epoch": 7},
-    "combined": {"epochs": 14, "balance": "inverse", "balance_task": "style", "unfreeze_epoch": 4},
+    "artist": {"epochs": 10, "balance": "inverse", "cosine_t_max": 15},
+    "genre": {"epochs": 10, "balance": "inverse", "cosine_t_max": 15},
+    "style": {"epochs": 20, "balance": "inverse", "unfreeze_epoch": 7},
+    "combined": {"epochs": 20, "balance": "inverse"},
 }
 
 
@@ -155,7 +191,12 @@ class EvalConfig:
     shards: str | None = opt(None, "directory with the WebDataset shards and manifest.json")
     out: str | None = opt(None, "directory for metrics.json, reports and plots")
     split: str = opt("val", "split to score")
-    batch_size: int = opt(64, "per-process batch size", min=1)
+    batch_size: int = opt(64, "batch size: the global batch, split over the ranks (--batch-scaling global), or "
+                          "per rank", min=1)
+    batch_scaling: str = opt("global", "several ranks: 'global' keeps --batch-size as the global batch (the "
+                             "seed's 64 on one GPU: 64 / ranks per rank); 'linear-lr' takes it per rank and "
+                             "multiplies the learning rates by the ranks (ours); 'per-rank' takes it per rank, "
+                             "learning rates as given (ours)", choices=("global", "linear-lr", "per-rank"))
     workers: int = opt(2, "loader worker processes per rank", min=0)
     eval_resize: int | None = opt(None, "resize of the shorter side before the centre crop; none: the "
                                   "run's setting, else image size * 13/12", min=1)

@@ -44,10 +44,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .batch_buffers import BatchBuffers, send_small_tensors_inline
 from .config import DataConfig
-from .data_stream import (CorruptCounter, CorruptSample, Sample, balance_weights, balanced, collate,
-                          decode_image, log, range_samples, seeds, shard_permutation,
-                          shuffled)
+from .data_stream import (CorruptCounter, CorruptSample, Sample, Weigher, balance_weights, balanced,
+                          class_weigher, collate, decode_image, log, mean_class_weigher, range_samples,
+                          seeds, shard_permutation, shuffled)
 from .device_defaults import loader_workers
+from .label_census import census
 from .labels import BASE_TASKS, MISSING, heads_for_task
 from .manifest import Manifest, ManifestError
 from .transforms import build_eval_transform, build_train_transform, make_generator
@@ -98,15 +99,15 @@ class TrainStream(IterableDataset):
     """Fixed-length, deterministic, balanced training batches of one rank."""
 
     def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
-                 seed: int, num_batches: int, skip_batches: int, weights: np.ndarray | None,
-                 balance_task: str, counter: CorruptCounter, buffers: BatchBuffers, label_task: str | None):
+                 seed: int, num_batches: int, skip_batches: int, weigher: Weigher | None,
+                 counter: CorruptCounter, buffers: BatchBuffers, required: tuple[str, ...]):
         self.shards, self.cfg = shards, cfg
         self.rank, self.world_size, self.epoch, self.seed = rank, world_size, epoch, seed
         self.num_batches, self.skip_batches = num_batches, skip_batches
-        self.weights, self.balance_task, self.counter = weights, balance_task, counter
+        self.weigher, self.counter = weigher, counter
         self.buffers = buffers
         self.transform = build_train_transform(cfg)
-        self.label_task = label_task  # only samples labelled for it are read (None: every sample)
+        self.required = required  # only samples labelled for all of these are read (empty: every sample)
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.skip_batches)
@@ -131,8 +132,7 @@ class TrainStream(IterableDataset):
         reader, readers = self.rank * workers + role, self.world_size * workers
         bs = self.cfg.batch_size
         rng = np.random.default_rng(seeds(self.seed, self.epoch, reader, readers, 1))
-        stream = balanced(self._passes(*self.reader_range(reader, workers)), self.balance_task,
-                          self.weights, rng)
+        stream = balanced(self._passes(*self.reader_range(reader, workers)), self.weigher, rng)
         quota = itertools.islice(stream, my_batches * bs)
         shuffle_rng = np.random.default_rng(seeds(self.seed, self.epoch, reader, readers, 2))
         # After the quota the same stream continues, only to replace samples that fail to decode.
@@ -151,7 +151,7 @@ class TrainStream(IterableDataset):
             for sample in range_samples(sh.paths, sh.sizes, order, start, end, sh.num_classes,
                                         self.counter):
                 readable += 1
-                if self.label_task is not None and sample.labels.get(self.label_task, MISSING) == MISSING:
+                if not has_labels(sample, self.required):
                     continue
                 found += 1
                 yield sample
@@ -159,7 +159,7 @@ class TrainStream(IterableDataset):
                 start, end = 0, sh.total  # no sample of the range has the label: fill from the whole split
                 continue
             if not found:
-                labelled = f" with a {self.label_task} label" if self.label_task else ""
+                labelled = f" labelled for {', '.join(self.required)}" if self.required else ""
                 raise RuntimeError(f"no readable training samples{labelled} at positions {start}..{end} "
                                    f"of pass {pass_index}; the shards are empty or damaged")
 
@@ -184,8 +184,8 @@ class EvalStream(IterableDataset):
     """Every sample of a split exactly once across ranks and workers; partial batches kept."""
 
     def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int,
-                 counter: CorruptCounter, buffers: BatchBuffers):
-        self.shards, self.cfg = shards, cfg
+                 counter: CorruptCounter, buffers: BatchBuffers, required: tuple[str, ...] = ()):
+        self.shards, self.cfg, self.required = shards, cfg, required
         self.rank, self.world_size, self.counter, self.buffers = rank, world_size, counter, buffers
         self.batch_size = cfg.eval_batch_size or cfg.batch_size
         self.transform = build_eval_transform(cfg)
@@ -211,6 +211,8 @@ class EvalStream(IterableDataset):
         batch: list[tuple[str, torch.Tensor, dict[str, int]]] = []
         for sample in range_samples(sh.paths, sh.sizes, range(len(sh.paths)), start, end,
                                     sh.num_classes, self.counter):
+            if not has_labels(sample, self.required):  # outside the scored population
+                continue
             image = _decode(sample, self.transform.decode_size, self.counter)
             if image is None:
                 continue
@@ -268,16 +270,57 @@ def _check_rank(rank: int, world_size: int) -> None:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
 
 
+def has_labels(sample: Sample, tasks: tuple[str, ...]) -> bool:
+    return all(sample.labels.get(t, MISSING) != MISSING for t in tasks)
+
+
+def intersection_only(cfg: DataConfig) -> bool:
+    """--task combined on the paintings with all three labels (the seed's experiment)."""
+    return cfg.task == "combined" and cfg.combined_data == "intersection"
+
+
+def required_labels(cfg: DataConfig, labelled_only: bool = True) -> tuple[str, ...]:
+    """The labels a training sample must carry to be read: the task's own for a single task (the
+    rest would only cost compute, their loss masked out), all three on the combined intersection."""
+    if intersection_only(cfg):
+        return BASE_TASKS
+    return (cfg.task,) if labelled_only and cfg.task in BASE_TASKS else ()
+
+
 def balance_task_for(cfg: DataConfig) -> str:
-    """The task whose classes are balanced: --balance-task, else the task (style for combined)."""
+    """The task whose classes are balanced: --balance-task, else the task; for combined 'all'
+    (the mean of the three, the seed's) on the intersection, style on the union."""
     if cfg.balance_task:
         return cfg.balance_task
-    return "style" if cfg.task == "combined" else cfg.task
+    if cfg.task == "combined":
+        return "all" if intersection_only(cfg) else "style"
+    return cfg.task
 
 
-def train_samples_for(manifest: Manifest, task: str, labelled_only: bool = True) -> int:
+def balance_weigher(manifest: Manifest, cfg: DataConfig) -> Weigher | None:
+    """The repeat factor of a training sample under --balance (None: no balancing)."""
+    if cfg.balance == "none":
+        return None
+    task = balance_task_for(cfg)
+    if task == "all":
+        if not intersection_only(cfg):
+            raise ValueError("--balance-task all weighs a painting by its three labels: it needs --task "
+                             "combined --combined-data intersection")
+        return mean_class_weigher(census(manifest, "train", BASE_TASKS).class_counts, cfg.balance)
+    return class_weigher(task, balance_weights(manifest.class_counts("train", task), cfg.balance))
+
+
+def train_samples_for(manifest: Manifest, task: str, labelled_only: bool = True,
+                      combined_data: str = "union") -> int:
     """Samples one training epoch reads: for a single task, those labelled for it (the manifest's
-    class counts); for combined (or a run resumed from a checkpoint older than this), all."""
+    class counts); for combined, those with all three labels (intersection) or all (union, or a
+    run resumed from a checkpoint older than single-task epochs)."""
+    if task == "combined" and combined_data == "intersection":
+        count = census(manifest, "train", BASE_TASKS).num_samples
+        if not count:
+            raise ManifestError("no training painting of the shards has all three labels (artist, genre, "
+                                "style); use --combined-data union, or shards built with all three tasks")
+        return count
     counts = manifest.split("train").class_counts
     if not labelled_only or task not in BASE_TASKS or task not in counts:  # no class counts: all
         return manifest.num_samples("train")
@@ -285,6 +328,12 @@ def train_samples_for(manifest: Manifest, task: str, labelled_only: bool = True)
         raise ManifestError(f"no training sample of the shards has a {task} label; build shards with "
                             f"--tasks including {task}, or train another --task")
     return sum(counts[task])
+
+
+def eval_samples_for(manifest: Manifest, split: str, cfg: DataConfig) -> int:
+    """Samples a training validation scores: the combined intersection's, else the whole split."""
+    return census(manifest, split, BASE_TASKS).num_samples if intersection_only(cfg) \
+        else manifest.num_samples(split)
 
 
 def train_batches_per_rank(num_samples: int, world_size: int, batch_size: int) -> int:
@@ -298,28 +347,27 @@ def build_train_data(manifest: Manifest, cfg: DataConfig, *, rank: int, world_si
     `labelled_only=False` keeps a single task's unlabelled samples (runs started before)."""
     _check_rank(rank, world_size)
     shards = _shards(manifest, "train", cfg.task)
-    weights = None
-    balance_task = balance_task_for(cfg)
-    if cfg.balance != "none":
-        weights = balance_weights(manifest.class_counts("train", balance_task), cfg.balance)
-    num_batches = train_batches_per_rank(train_samples_for(manifest, cfg.task, labelled_only), world_size,
-                                         cfg.batch_size)
-    label_task = cfg.task if labelled_only and cfg.task in BASE_TASKS else None  # combined: every sample
+    samples = train_samples_for(manifest, cfg.task, labelled_only, cfg.combined_data)
+    num_batches = train_batches_per_rank(samples, world_size, cfg.batch_size)
     counter, buffers = CorruptCounter(), BatchBuffers(loader_workers(cfg.workers))
     stream = TrainStream(shards, cfg, rank=rank, world_size=world_size, epoch=epoch, seed=seed,
-                         num_batches=num_batches, skip_batches=max(0, skip_batches), weights=weights,
-                         balance_task=balance_task, counter=counter, buffers=buffers, label_task=label_task)
+                         num_batches=num_batches, skip_batches=max(0, skip_batches),
+                         weigher=balance_weigher(manifest, cfg), counter=counter, buffers=buffers,
+                         required=required_labels(cfg, labelled_only))
     return DataInfo(_loader(stream, cfg.workers), num_batches * world_size * cfg.batch_size,
                     num_batches, counter)
 
 
 def build_eval_data(manifest: Manifest, split: str, cfg: DataConfig, *, rank: int,
-                    world_size: int) -> DataInfo:
-    """The evaluation loader of `rank`: its share of `split`, each sample exactly once overall."""
+                    world_size: int, required: tuple[str, ...] = ()) -> DataInfo:
+    """The evaluation loader of `rank`: its share of `split`, each sample exactly once overall;
+    with `required`, only the samples labelled for all those tasks (`num_batches` is then an upper
+    bound: the positions are split before the labels are read)."""
     _check_rank(rank, world_size)
     shards = _shards(manifest, split, cfg.task)
     counter, buffers = CorruptCounter(), BatchBuffers(loader_workers(cfg.workers))
-    stream = EvalStream(shards, cfg, rank=rank, world_size=world_size, counter=counter, buffers=buffers)
+    stream = EvalStream(shards, cfg, rank=rank, world_size=world_size, counter=counter, buffers=buffers,
+                        required=required)
     workers = max(1, loader_workers(cfg.workers))
     ranges = (stream.reader_range(w, workers) for w in range(workers))
     num_batches = sum(math.ceil((end - start) / stream.batch_size) for start, end in ranges)

@@ -15,7 +15,7 @@ import re
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import simplejpeg
@@ -230,18 +230,42 @@ def balance_weights(counts: Sequence[int], mode: str) -> np.ndarray:
     return weights * total / float((n * weights).sum())
 
 
-def balanced(samples: Iterable[Sample], task: str, weights: np.ndarray | None,
-             rng: np.random.Generator) -> Iterator[Sample]:
-    """Emit each sample floor(w) times plus once more with probability frac(w).
+Weigher = Callable[[Mapping[str, int]], float]  # a sample's labels -> its repeat factor
 
-    Samples whose `task` label is missing keep weight 1.
-    """
+
+def class_weigher(task: str, weights: np.ndarray) -> Weigher:
+    """Repeat factor from one task's class weights; a sample without that label keeps 1."""
+    def weigh(labels: Mapping[str, int]) -> float:
+        label = labels.get(task, MISSING)
+        return float(weights[label]) if 0 <= label < len(weights) else 1.0
+    return weigh
+
+
+def mean_class_weigher(counts: Mapping[str, Sequence[int]], mode: str) -> Weigher:
+    """The seed's combined sampler: a painting weighs the mean over the tasks of n_c ** -p for
+    its class c of each task (p = 1 for inverse), scaled so the expected stream length stays the
+    number of paintings N: sum_i mean_t n_t(i) ** -p = mean_t sum_c n_tc ** (1 - p), so the
+    scale follows from the class counts alone. Meant for paintings labelled for every task."""
+    power = BALANCE_POWER[mode]
+    arrays = {t: np.asarray(c, dtype=np.float64) for t, c in counts.items()}
+    total = max(float(next(iter(arrays.values())).sum()), 1.0)
+    mass = np.mean([float((n[n > 0] ** (1.0 - power)).sum()) for n in arrays.values()])
+    scale = total / mass if mass > 0 else 0.0
+
+    def weigh(labels: Mapping[str, int]) -> float:
+        terms = [arrays[t][labels[t]] ** -power for t in arrays
+                 if 0 <= labels.get(t, MISSING) < len(arrays[t]) and arrays[t][labels[t]] > 0]
+        return scale * float(np.mean(terms)) if terms else 1.0
+    return weigh
+
+
+def balanced(samples: Iterable[Sample], weigher: Weigher | None, rng: np.random.Generator) -> Iterator[Sample]:
+    """Emit each sample floor(w) times plus once more with probability frac(w), w = weigher(labels)."""
     for sample in samples:
-        if weights is None:
+        if weigher is None:
             yield sample
             continue
-        label = sample.labels.get(task, MISSING)
-        w = float(weights[label]) if 0 <= label < len(weights) else 1.0
+        w = weigher(sample.labels)
         repeats = int(w) + int(rng.random() < w - int(w))
         for _ in range(repeats):
             yield sample

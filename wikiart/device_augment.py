@@ -10,6 +10,14 @@ ColorJitter's four ops are each affine in RGB - brightness scales, contrast blen
 grey of the image, saturation blends with the luma image, hue rotates in YIQ (as NVIDIA DALI
 does; for the recipe's small hue range it approximates torchvision's HSV shift) - so they compose
 into one 3x4 map per image, applied in a single pass and clamped once.
+
+RandomErasing follows the seed's order: after the jitter, before the normalisation. The seed
+erases the [0, 1] tensor with `value="random"`, N(0, 1) noise per pixel and channel, that
+Normalize then maps to (z - mean) / std. We erase the normalised image with those normalised
+values directly (the box is overwritten whole, so the two orders give the same pixels), and like
+the seed we do not clamp them. `--erasing-fill uniform` (ours) fills with uniform pixel noise in
+[0, 255) instead, normalised: values inside the image's range. Where we differ from the seed is
+the jitter before it (one affine map on the device, see above), not the erasing.
 """
 
 from __future__ import annotations
@@ -80,15 +88,25 @@ def mean_pixel(x: torch.Tensor) -> torch.Tensor:
     return x.sum(dim=3).double().sum(dim=2) / (x.shape[2] * x.shape[3])
 
 
+ERASING_FILLS = ("normal", "uniform")
+
+
 def erase_boxes(x: torch.Tensor, boxes: Sequence[Sequence[int]], generator: torch.Generator | None,
-                scale: torch.Tensor, bias: torch.Tensor) -> None:
-    """Fill each (top, left, h, w) box of image i with uniform pixel noise, in place, in the
-    normalised space of `x`: noise in [0, 255) times `scale` plus `bias` ((1, 3, 1, 1) each).
+                scale: torch.Tensor, bias: torch.Tensor, fill: str = "normal") -> None:
+    """Fill each (top, left, h, w) box of image i with noise, in place, in the normalised space
+    of `x` (`scale`, `bias`: (1, 3, 1, 1) each, x = pixel * scale + bias, pixel in [0, 255]).
+
+    fill "normal" (the seed's): z ~ N(0, 1) per pixel and channel in [0, 1] space, normalised,
+    i.e. (z - mean) / std = z * 255 * scale + bias. "uniform" (ours): pixel noise in [0, 255),
+    normalised. Both draw one (3, h, w) block per box from `generator`, in box order.
 
     `boxes` is a host-side list (no device sync); rows with h == 0 are not erased."""
+    if fill not in ERASING_FILLS:
+        raise ValueError(f"erasing fill {fill!r} is not one of {', '.join(ERASING_FILLS)}")
+    draw = torch.randn if fill == "normal" else torch.rand
     for i, (top, left, h, w) in enumerate(boxes):
         if h > 0 and w > 0:
-            noise = torch.rand((3, h, w), generator=generator, device=x.device, dtype=x.dtype)
+            noise = draw((3, h, w), generator=generator, device=x.device, dtype=x.dtype)
             x[i, :, top:top + h, left:left + w] = noise * (255.0 * scale[0]) + bias[0]
 
 
@@ -142,17 +160,22 @@ def eval_images(images: torch.Tensor, device: torch.device, normalize: Normalize
 
 
 class DeviceAugment:
-    """The training batch's device stage: jitter, erasing, normalisation."""
+    """The training batch's device stage: jitter, erasing (fill: see `erase_boxes`), normalisation."""
 
-    def __init__(self, normalize: Normalizer, jitter: bool, erasing: bool, channels_last: bool = False):
+    def __init__(self, normalize: Normalizer, jitter: bool, erasing: bool, channels_last: bool = False,
+                 *, erasing_fill: str = "normal"):
+        if erasing_fill not in ERASING_FILLS:
+            raise ValueError(f"--erasing-fill {erasing_fill!r} is not one of {', '.join(ERASING_FILLS)}")
         self.normalize, self.jitter, self.erasing = normalize, jitter, erasing
-        self.channels_last = channels_last
+        self.channels_last, self.erasing_fill = channels_last, erasing_fill
 
     @classmethod
     def for_recipe(cls, color_jitter: Sequence[float], erasing_p: float, mean: Sequence[float],
-                   std: Sequence[float], channels_last: bool = False) -> "DeviceAugment":
+                   std: Sequence[float], channels_last: bool = False, *,
+                   erasing_fill: str = "normal") -> "DeviceAugment":
         """Skips the stages the recipe switches off (all jitter strengths 0, erasing p 0)."""
-        return cls(Normalizer(mean, std), any(s > 0 for s in color_jitter), erasing_p > 0, channels_last)
+        return cls(Normalizer(mean, std), any(s > 0 for s in color_jitter), erasing_p > 0, channels_last,
+                   erasing_fill=erasing_fill)
 
     def __call__(self, batch: dict, device: torch.device, seed: int) -> torch.Tensor:
         """Normalised float32 images of a loader batch ("image" uint8, "aug" parameters).
@@ -170,5 +193,5 @@ class DeviceAugment:
             boxes = aug[:, ERASE_BOX].to(torch.long).tolist()  # the loader's CPU tensor: no device sync
             if any(h > 0 for _, _, h, _ in boxes):
                 gen = torch.Generator(device=device).manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
-                erase_boxes(x, boxes, gen, *self.normalize.constants(x.device, x.dtype))
+                erase_boxes(x, boxes, gen, *self.normalize.constants(x.device, x.dtype), fill=self.erasing_fill)
         return model_layout(x, self.channels_last)

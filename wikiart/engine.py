@@ -24,7 +24,7 @@ from .device_augment import DeviceAugment, Normalizer, eval_images
 from .faults import fault_point
 from .losses import multitask_loss
 from .mixing import Mixer
-from .optim import FreezePlan, ModelEMA, apply_lr
+from .optim import FreezePlan, LRSchedule, ModelEMA, apply_lr
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,8 +50,7 @@ class LoopContext:
     clip_grad: float | None
     grad_accum: int
     total_steps: int
-    warmup_steps: int
-    eta_min: float
+    schedule: LRSchedule                   # the learning rate of every group at (step, epoch)
     seed: int
     stop_on_nonfinite: bool
     augment: DeviceAugment                 # the batch's jitter / erasing / normalisation
@@ -96,7 +95,7 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     grad_norm = None
     if ctx.clip_grad is not None:
         grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.clip_grad)
-    apply_lr(ctx.optimizer, state.step, ctx.total_steps, ctx.warmup_steps, ctx.eta_min)
+    apply_lr(ctx.optimizer, ctx.schedule, state.step, state.epoch)
     skipped = _optimizer_step(ctx)
     if skipped:
         saved_buffers.restore()

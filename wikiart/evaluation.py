@@ -27,11 +27,12 @@ from .data import build_eval_data
 from .device_defaults import resolve_mixed_precision
 from .engine import EvalOutputs, evaluate
 from .evaluation_checkpoint import LoadedModel, eval_data_config, load_model
-from .evaluation_outliers import compute_outliers, write_outlier_files
+from .evaluation_outliers import compute_joint_outliers, compute_outliers, write_outlier_files
 from .hub import HubError, check_repo_id, check_token, push_eval_card
 from .labels import BASE_TASKS
 from .manifest import Manifest, ManifestError, load_manifest
 from .metrics import evaluation_metrics
+from .outliers import JointOutlierTable
 from .report import (plot_confusion, print_summary, write_classification_report, write_json,
                      write_per_class_recall)
 from .training import check_class_names, make_accelerator
@@ -87,12 +88,13 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
     summary = {**describe_run(cfg, loaded, data_cfg, manifest, out, accelerator.num_processes,
                               accelerator.mixed_precision),
                **evaluation_metrics(out.logits, out.labels, class_names)}
-    tables = {}
+    tables, joint = {}, None
     if cfg.outliers:
         tables = compute_outliers(accelerator, loaded.model, manifest, cfg.split, cfg.centroids, data_cfg,
                                   out, class_names)
+        joint = compute_joint_outliers(out)
     if main:  # the other ranks are done: nothing here can make them wait
-        write_outputs(Path(cfg.out), cfg, manifest, summary, tables, class_names)
+        write_outputs(Path(cfg.out), cfg, manifest, summary, tables, class_names, joint)
         print_summary(console, summary, cfg.split, cfg.worst)
         console.print(f"wrote {Path(cfg.out) / 'metrics.json'} and the reports beside it")
         if cfg.push_to_hub:
@@ -127,7 +129,7 @@ def describe_run(cfg: EvalConfig, loaded: LoadedModel, data_cfg: DataConfig, man
 # first, so that --out never mixes reports of two models (or of tasks this one does not have).
 REPORT_NAMES = tuple(name.format(task) for task in BASE_TASKS for name in (
     "classification_report_{}.txt", "per_class_recall_{}.csv", "confusion_{}.png", "outliers_{}.csv",
-    "outliers_{}.png"))
+    "outliers_{}.png")) + ("outliers_joint.csv", "outliers_joint.png")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -140,9 +142,9 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: dict[str, Any],
-                  tables: dict, class_names: dict[str, list[str]]) -> None:
+                  tables: dict, class_names: dict[str, list[str]], joint: JointOutlierTable | None = None) -> None:
     """metrics.json, classification_report_<task>.txt, per_class_recall_<task>.csv,
-    confusion_<task>.png (+ outliers_<task>.csv/png)."""
+    confusion_<task>.png (+ outliers_<task>.csv/png, + outliers_joint.csv/png for several heads)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in REPORT_NAMES:
         (out_dir / name).unlink(missing_ok=True)
@@ -153,8 +155,8 @@ def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: d
         plot_confusion(out_dir / f"confusion_{task}.png", m["confusion"], class_names[task],
                        f"{task} on {cfg.split}: confusion normalised by row ({m['scored']} paintings)")
     if tables:
-        summary["outliers"] = {"centroids": cfg.centroids, "tasks": write_outlier_files(
-            out_dir, manifest, cfg.split, tables, class_names, cfg.outlier_top)}
+        summary["outliers"] = {"centroids": cfg.centroids, **write_outlier_files(
+            out_dir, manifest, cfg.split, tables, class_names, cfg.outlier_top, joint)}
     metrics = {**summary, "tasks": {t: {k: v for k, v in m.items() if k != "report"}
                                     for t, m in summary["tasks"].items()}}
     write_json(out_dir / "metrics.json", metrics)

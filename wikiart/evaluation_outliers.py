@@ -1,4 +1,5 @@
-"""The outlier step of evaluate.py: class centroids, per-task outlier tables, their files.
+"""The outlier step of evaluate.py: class centroids, per-task outlier tables, their files, and
+for a model with several heads the seed's joint ranking (`outliers_joint.csv`/`.png`).
 
 Training-split centroids come from per-class sums of normalised embeddings reduced across
 ranks (C x D numbers), never from gathering every training embedding: on WikiArt that would
@@ -21,8 +22,9 @@ from .data import build_eval_data
 from .device_augment import Normalizer, eval_images
 from .engine import EvalOutputs
 from .manifest import Manifest
-from .outliers import OutlierTable, centroids_from_sums, class_centroids, outlier_table
-from .report import plot_contact_sheet, write_outliers_csv
+from .outliers import (JointOutlierTable, OutlierTable, centroids_from_sums, class_centroids, joint_outlier_table,
+                       outlier_table)
+from .report import joint_caption, plot_contact_sheet, write_outliers_csv
 from .shards_io import iter_shard_samples
 
 
@@ -76,6 +78,12 @@ def compute_outliers(accelerator: Accelerator, model: torch.nn.Module, manifest:
             for t in num_classes}
 
 
+def compute_joint_outliers(out: EvalOutputs) -> JointOutlierTable | None:
+    """The joint ranking of a model with several heads (None for one head): the gathered logits of
+    the scored split, softmaxed (no embeddings or centroids needed)."""
+    return joint_outlier_table(out.keys, out.labels, out.logits) if len(out.logits) > 1 else None
+
+
 def read_sources_and_images(paths: Iterable[str], wanted: set[str]) -> tuple[dict[str, str], dict[str, bytes]]:
     """Every painting's source path, and the JPEG bytes of the `wanted` keys, from the shards."""
     sources: dict[str, str] = {}
@@ -88,16 +96,30 @@ def read_sources_and_images(paths: Iterable[str], wanted: set[str]) -> tuple[dic
 
 
 def write_outlier_files(out_dir: Path, manifest: Manifest, split: str, tables: Mapping[str, OutlierTable],
-                        class_names: Mapping[str, list[str]], top: int) -> dict[str, Any]:
-    """outliers_<task>.csv (all labelled paintings, most suspicious first) and outliers_<task>.png."""
+                        class_names: Mapping[str, list[str]], top: int,
+                        joint: JointOutlierTable | None = None) -> dict[str, Any]:
+    """outliers_<task>.csv (all labelled paintings, most suspicious first) and outliers_<task>.png;
+    with `joint`, outliers_joint.csv (the paintings labelled for every head) and outliers_joint.png.
+    Returns {"tasks": {task: summary}, "joint": summary (with `joint` only)} for metrics.json."""
     rows = {t: table.rows(class_names[t]) for t, table in tables.items()}
-    wanted = {row["key"] for task_rows in rows.values() for row in task_rows[:top]}
+    joint_rows = joint.rows({t: class_names[t] for t in joint.labels}) if joint is not None else []
+    wanted = {row["key"] for task_rows in [*rows.values(), joint_rows] for row in task_rows[:top]}
     sources, images = read_sources_and_images(manifest.shard_paths(split), wanted)
-    summary = {}
+    summary: dict[str, Any] = {"tasks": {}}
     for task, task_rows in rows.items():
         write_outliers_csv(out_dir / f"outliers_{task}.csv", task_rows, sources)
         plot_contact_sheet(out_dir / f"outliers_{task}.png", task_rows[:top], images,
                            f"{task}: the {min(top, len(task_rows))} most suspicious {split} paintings")
-        summary[task] = {"scored": len(task_rows), "mismatches": int(tables[task].mismatch.sum()),
-                         "top": [r["key"] for r in task_rows[:top]]}
+        summary["tasks"][task] = {"scored": len(task_rows), "mismatches": int(tables[task].mismatch.sum()),
+                                  "top": [r["key"] for r in task_rows[:top]]}
+    if joint is not None:
+        names = list(joint_rows[0]) if joint_rows else ["rank", "key"]
+        columns = ["rank", "key", "source", *names[2:]]
+        write_outliers_csv(out_dir / "outliers_joint.csv", joint_rows, sources, columns)
+        plot_contact_sheet(out_dir / "outliers_joint.png", joint_rows[:top], images,
+                           f"all heads: the {min(top, len(joint_rows))} most suspicious {split} paintings",
+                           caption=joint_caption)
+        every_head_wrong = int((joint.mismatch_count == len(joint.labels)).sum())
+        summary["joint"] = {"scored": len(joint_rows), "every_head_wrong": every_head_wrong,
+                            "top": [r["key"] for r in joint_rows[:top]]}
     return summary

@@ -16,6 +16,7 @@ from .config import DataConfig
 from .data import build_train_data
 from .device_defaults import loader_workers
 from .engine import NonFiniteLossError, train_one_epoch
+from .optim import reset_optimizer_state
 from .preemption import EXIT_PREEMPTED, STOP_FILE_NAME, StopRequest
 from .training import Job, run_validation, save_training_state, setup_job
 
@@ -156,6 +157,29 @@ def epoch_done(job: Job) -> bool:
     return job.state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum
 
 
+def start_epoch(job: Job) -> None:
+    """Before an epoch's first step: the seed's restart where the freeze plan has one (the stem
+    unfreezes, AdamW starts afresh - no moments, step counts from 0 - and the schedule starts a
+    new cosine), and an "epoch" row in metrics.jsonl with what the epoch trains with: each
+    group's learning rate, the frozen parameters, the modules in eval mode while training."""
+    ctx, state = job.ctx, job.state
+    restart = ctx.freeze.restart_epoch == state.epoch
+    if restart:
+        reset_optimizer_state(ctx.optimizer)
+    if state.epoch > 0 and ctx.freeze.phase(state.epoch) != ctx.freeze.phase(state.epoch - 1):
+        what = "the stem too; AdamW rebuilt, cosine restarted" if restart else "the backbone"
+        job.logger.print(f"epoch {state.epoch + 1}: unfreezing {what}")
+    net = job.accelerator.unwrap_model(ctx.model)
+    net.train()  # as train_one_epoch sets it: read which modules the freeze plan leaves in eval mode
+    ctx.freeze.apply_bn_mode(net, state.epoch)
+    lrs = {f"lr_{g.get('name', i)}": ctx.schedule.lr(g["base_lr"], state.step, state.epoch)
+           for i, g in enumerate(ctx.optimizer.param_groups)}
+    # Logged as the epoch's first step: a resume from the checkpoint before it logs it again.
+    job.logger.record("epoch", {"epoch": state.epoch, **lrs, "frozen": ctx.freeze.frozen_names(state.epoch),
+                                "eval_modules": [n for n, m in net.named_modules() if not m.training],
+                                "optimizer_reset": restart}, state.step + 1)
+
+
 def fit(job: Job) -> dict[str, Any]:
     """Train until the configured length or a stop request; returns the last validation metrics
     (or {"stopped_at_step": N, "exit_code": 75} when stopped early)."""
@@ -172,8 +196,8 @@ def fit(job: Job) -> dict[str, Any]:
     with job.logger:
         job.logger.restart_clock(state.step)
         while state.step < job.ctx.total_steps:
-            if state.epoch > 0 and job.ctx.freeze.phase(state.epoch) != job.ctx.freeze.phase(state.epoch - 1):
-                job.logger.print(f"epoch {state.epoch}: unfreezing the backbone")
+            if state.batch_in_epoch == 0:
+                start_epoch(job)
             info = build_train_data(job.manifest, data_for_epoch(job), rank=acc.process_index,
                                     world_size=acc.num_processes,
                                     epoch=state.epoch, seed=job.cfg["train"].seed,

@@ -26,12 +26,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class AttentionPool(nn.Module):
-    """Softmax-weighted sum over a sequence: (B, L, D) -> (B, D)."""
+ATTENTION_POOLS = ("linear", "mlp")
 
-    def __init__(self, dim: int, hidden: int = 128):
+
+class AttentionPool(nn.Module):
+    """Softmax-weighted sum over a sequence: (B, L, D) -> (B, D).
+
+    `kind="linear"` scores each step with one Linear(D, 1), as the seed's AttnPool1D does (D + 1
+    parameters); `kind="mlp"` with Linear(D, hidden) -> Tanh -> Linear(hidden, 1) (ours, ~66k
+    parameters at D = 512). Either way the scorer is `self.score`.
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, kind: str = "linear"):
         super().__init__()
-        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        if kind not in ATTENTION_POOLS:
+            raise ValueError(f"unknown attention pool {kind!r}; expected one of {list(ATTENTION_POOLS)}")
+        self.score = (nn.Linear(dim, 1) if kind == "linear"
+                      else nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # softmax in fp32: under fp16 autocast long sequences of similar scores underflow
@@ -66,7 +77,9 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
                  rnn_hidden: int = 256, rnn_layers: int = 2, rnn_dropout: float = 0.2,
                  head_dropout: float = 0.4, use_rnn: bool = True, image_size: int = 384,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 eval_resize: int | None = None):
+                 eval_resize: int | None = None, attention_pool: str = "mlp"):
+        # attention_pool defaults to "mlp" here, not the seed's "linear" that ModelConfig passes:
+        # config.json files written before the option existed have no such key and hold MLP pools.
         super().__init__()
         counts, names = _check_heads(num_classes, class_names)
         self.backbone_name = backbone
@@ -83,7 +96,8 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
             gru = dict(input_size=proj_dim, hidden_size=rnn_hidden, num_layers=rnn_layers, batch_first=True,
                        bidirectional=True, dropout=rnn_dropout if rnn_layers > 1 else 0.0)
             self.row_rnn, self.col_rnn = nn.GRU(**gru), nn.GRU(**gru)
-            self.row_pool, self.col_pool = AttentionPool(2 * rnn_hidden), AttentionPool(2 * rnn_hidden)
+            self.row_pool = AttentionPool(2 * rnn_hidden, kind=attention_pool)
+            self.col_pool = AttentionPool(2 * rnn_hidden, kind=attention_pool)
             self.embed_dim += 4 * rnn_hidden
         self.dropout = nn.Dropout(head_dropout)
         self.heads = nn.ModuleDict({t: nn.Linear(self.embed_dim, n) for t, n in counts.items()})
@@ -92,7 +106,8 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
             backbone=backbone, num_classes=counts, class_names=names, proj_dim=proj_dim,
             rnn_hidden=rnn_hidden, rnn_layers=rnn_layers, rnn_dropout=rnn_dropout,
             head_dropout=head_dropout, use_rnn=use_rnn, image_size=self.image_size,
-            mean=list(self.mean), std=list(self.std), eval_resize=self.eval_resize)
+            mean=list(self.mean), std=list(self.std), eval_resize=self.eval_resize,
+            attention_pool=attention_pool)
 
     def hub_config(self) -> dict:
         """What save_pretrained writes to config.json (architecture, classes, preprocessing)."""
@@ -101,12 +116,13 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, class_names: Mapping[str, Sequence[str]],
                     image_size: int, eval_resize: int | None = None) -> "CNNRNNClassifier":
-        """Build from the CLI's ModelConfig; loads ImageNet weights when asked (never downloads)."""
+        """Build from the CLI's ModelConfig; loads ImageNet weights when asked (downloading them into
+        the torch hub cache when absent, unless a --pretrained-path file is given)."""
         model = cls(backbone=model_cfg.backbone, class_names={t: list(v) for t, v in class_names.items()},
                     proj_dim=model_cfg.proj_dim, rnn_hidden=model_cfg.rnn_hidden,
                     rnn_layers=model_cfg.rnn_layers, rnn_dropout=model_cfg.rnn_dropout,
                     head_dropout=model_cfg.head_dropout, use_rnn=model_cfg.rnn, image_size=image_size,
-                    eval_resize=eval_resize)
+                    eval_resize=eval_resize, attention_pool=model_cfg.attention_pool)
         # --pretrained-path alone also means "start from these ImageNet weights"
         if model_cfg.pretrained or model_cfg.pretrained_path:
             model.load_imagenet_weights(model_cfg.pretrained_path)
@@ -118,7 +134,8 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
         return super()._from_pretrained(strict=strict, **kwargs)
 
     def load_imagenet_weights(self, path: str | None = None) -> None:
-        """Load torchvision ImageNet weights into the backbone from `path` or the torch hub cache."""
+        """Load torchvision ImageNet weights into the backbone from `path` or the torch hub cache
+        (downloaded into it when absent)."""
         load_imagenet_weights(self.backbone, self.backbone_name, path)
 
     @property

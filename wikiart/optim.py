@@ -8,6 +8,7 @@ set to None after backward, so AdamW skips it entirely (no update, no weight dec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any, Iterable, Iterator
 
@@ -18,13 +19,16 @@ from .config import OptimConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """New modules at cfg.lr, backbone at cfg.backbone_lr; biases and norm weights get no decay."""
+    """New modules at cfg.lr, backbone at cfg.backbone_lr, weight decay on every parameter (the
+    seed's two AdamW groups); with cfg.exclude_norm_bias_decay (ours) biases and norm weights go
+    into `*_no_decay` groups without decay."""
     groups = []
     for name, params, lr in (("new", model.new_parameters(), cfg.lr),
                              ("backbone", model.backbone_parameters(), cfg.backbone_lr)):
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        for suffix, group, wd in (("", decay, cfg.weight_decay), ("_no_decay", no_decay, 0.0)):
+        split = ((("", [p for p in params if p.ndim > 1], cfg.weight_decay),
+                  ("_no_decay", [p for p in params if p.ndim <= 1], 0.0))
+                 if cfg.exclude_norm_bias_decay else (("", params, cfg.weight_decay),))
+        for suffix, group, wd in split:
             if group:
                 groups.append({"name": name + suffix, "params": group, "lr": lr, "base_lr": lr,
                                "weight_decay": wd})
@@ -37,6 +41,13 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
 def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW over `param_groups`; each group keeps its peak lr in group["base_lr"] for `apply_lr`."""
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Forget every parameter's AdamW moments and step count: the optimizer then behaves as one
+    built anew over the same groups (the seed rebuilds its AdamW when it unfreezes the stem)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds the torch one
+    inner.state.clear()
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, eta_min_ratio: float) -> float:
@@ -56,12 +67,50 @@ def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int, eta_mi
     return base_lr * lr_factor(step, total_steps, warmup_steps, eta_min / base_lr)
 
 
-def apply_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, warmup_steps: int,
-             eta_min: float) -> list[float]:
-    """Set every group's lr for `step` from its base lr; a resumed run only needs the step."""
+@dataclasses.dataclass(frozen=True)
+class LRSchedule:
+    """Peak lr -> lr at (step, epoch): warmup, then a cosine per epoch (the seed's
+    CosineAnnealingLR stepped once an epoch) or per optimizer step (ours), restarted at
+    `restart_epoch` (0-based; the seed's style restart at its 1-based epoch 7 is 6).
+
+    Per epoch: lr(e) = eta_min + (peak - eta_min) (1 + cos(pi e / T)) / 2, e counted from the
+    cycle's first epoch, T = t_max_epochs (default: the run's epochs) for the first cycle and the
+    epochs left for a restarted one (the seed's `epochs - epoch + 1`). Like torch's closed form it
+    is not clamped at T. Per step: the cosine runs over the cycle's steps to the run's end (or
+    t_max_epochs of steps) and stays at eta_min after it.
+    """
+    kind: str                      # "epoch" or "step"
+    total_steps: int
+    steps_per_epoch: int
+    epochs: int
+    warmup_steps: int = 0
+    eta_min: float = 0.0
+    t_max_epochs: int | None = None
+    restart_epoch: int | None = None
+
+    def cycle_start(self, epoch: int) -> int:
+        restarted = self.restart_epoch is not None and epoch >= self.restart_epoch
+        return self.restart_epoch if restarted else 0
+
+    def lr(self, base_lr: float, step: int, epoch: int) -> float:
+        if step < self.warmup_steps:
+            return base_lr * (step + 1) / self.warmup_steps
+        start = self.cycle_start(epoch)
+        if self.kind == "epoch":
+            span = (self.t_max_epochs or self.epochs) if start == 0 else self.epochs - start
+            cosine = 0.5 * (1.0 + math.cos(math.pi * (epoch - start) / max(span, 1)))
+            return self.eta_min + (base_lr - self.eta_min) * cosine
+        first = max(start * self.steps_per_epoch, self.warmup_steps)
+        end = first + self.t_max_epochs * self.steps_per_epoch if self.t_max_epochs and start == 0 \
+            else self.total_steps
+        return lr_at(step - first, base_lr, end - first, 0, self.eta_min)
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, schedule: LRSchedule, step: int, epoch: int) -> list[float]:
+    """Set every group's lr for (step, epoch) from its base lr; a resumed run only needs the counters."""
     lrs = []
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, group["base_lr"], total_steps, warmup_steps, eta_min)
+        group["lr"] = schedule.lr(group["base_lr"], step, epoch)
         lrs.append(group["lr"])
     return lrs
 
@@ -73,33 +122,55 @@ def _params_of(optimizer_or_params: Any) -> list[torch.Tensor]:
 
 
 class FreezePlan:
-    """Which backbone parts are frozen at an epoch.
+    """Which backbone parts are frozen at an epoch (0-based), and when the optimizer restarts.
 
-    Phase 0 (epoch < unfreeze_epoch, only when unfreeze_epoch is set): the whole backbone is
-    frozen and only the new modules train. Phase 1 (otherwise): the backbone trains, except the
-    stem when freeze_stem. Needs `model.backbone` and `model.stem_modules()`.
+    Phases: BACKBONE_FROZEN for the first `backbone_frozen_epochs` epochs (ours: only the new
+    modules train, every backbone BatchNorm in eval mode); then STEM_FROZEN while `freeze_stem`
+    and before `unfreeze_epoch` (the seed: conv1/bn1 frozen, layer1-4 training, bn1 left in train
+    mode unless `frozen_bn_eval`); then NONE_FROZEN. Entering NONE_FROZEN at `unfreeze_epoch`
+    is where the seed rebuilds AdamW and restarts its cosine (`restart_epoch`).
+    Needs `model.backbone` and `model.stem_modules()`.
     """
 
-    def __init__(self, model: nn.Module, freeze_stem: bool, unfreeze_epoch: int | None):
+    BACKBONE_FROZEN, STEM_FROZEN, NONE_FROZEN = 0, 1, 2
+
+    def __init__(self, model: nn.Module, freeze_stem: bool, unfreeze_epoch: int | None = None,
+                 backbone_frozen_epochs: int = 0, frozen_bn_eval: bool = False):
         self.model = model
         self.freeze_stem = freeze_stem
-        self.unfreeze_epoch = unfreeze_epoch
+        self.unfreeze_epoch = unfreeze_epoch if freeze_stem else None
+        self.backbone_frozen_epochs = backbone_frozen_epochs
+        self.frozen_bn_eval = frozen_bn_eval
         self._frozen_ids: dict[int, frozenset[int]] = {}  # per phase: computed once, used every step
 
     def phase(self, epoch: int) -> int:
-        return 0 if self.unfreeze_epoch is not None and epoch < self.unfreeze_epoch else 1
+        if epoch < self.backbone_frozen_epochs:
+            return self.BACKBONE_FROZEN
+        if self.freeze_stem and (self.unfreeze_epoch is None or epoch < self.unfreeze_epoch):
+            return self.STEM_FROZEN
+        return self.NONE_FROZEN
+
+    @property
+    def restart_epoch(self) -> int | None:
+        """The epoch whose start rebuilds the optimizer and restarts the cosine (None: never)."""
+        return self.unfreeze_epoch if self.unfreeze_epoch else None
 
     def frozen_modules(self, epoch: int, model: nn.Module | None = None) -> list[nn.Module]:
         model = self.model if model is None else model
-        if self.phase(epoch) == 0:
+        phase = self.phase(epoch)
+        if phase == self.BACKBONE_FROZEN:
             return [model.backbone]
-        return model.stem_modules() if self.freeze_stem else []
+        return model.stem_modules() if phase == self.STEM_FROZEN else []
 
     def frozen_parameters(self, epoch: int) -> list[nn.Parameter]:
         seen: dict[int, nn.Parameter] = {}
         for module in self.frozen_modules(epoch):
             seen.update((id(p), p) for p in module.parameters())
         return list(seen.values())
+
+    def frozen_names(self, epoch: int) -> list[str]:
+        frozen = {id(p) for p in self.frozen_parameters(epoch)}
+        return [n for n, p in self.model.named_parameters() if id(p) in frozen]
 
     def zero_frozen_grads(self, optimizer_or_params: torch.optim.Optimizer | Iterable[torch.Tensor],
                           epoch: int) -> int:
@@ -122,7 +193,12 @@ class FreezePlan:
         return dropped
 
     def apply_bn_mode(self, model: nn.Module, epoch: int) -> None:
-        """Call after model.train(): frozen BatchNorm layers normalise with, and keep, their running stats."""
+        """Call after model.train(): BatchNorm layers of a frozen backbone (and of a frozen stem
+        with `frozen_bn_eval`) normalise with, and keep, their running statistics. The seed's
+        frozen bn1 stays in train mode: batch statistics, running statistics updated."""
+        phase = self.phase(epoch)
+        if phase == self.STEM_FROZEN and not self.frozen_bn_eval:
+            return
         for module in self.frozen_modules(epoch, model):
             for sub in module.modules():
                 if isinstance(sub, nn.modules.batchnorm._BatchNorm):

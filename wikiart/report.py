@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -90,10 +90,13 @@ def plot_confusion(path: Path, confusion: Sequence[Sequence[int]], class_names: 
     fig.savefig(path, bbox_inches="tight")
 
 
-def write_outliers_csv(path: Path, rows: Sequence[Mapping[str, Any]], sources: Mapping[str, str]) -> None:
-    """The ranked outlier rows with each painting's source path."""
-    columns = ["rank", "key", "source", "true", "predicted", "confidence", "true_probability",
-               "own_similarity", "nearest_other", "other_similarity", "margin", "mismatch", "score"]
+OUTLIER_COLUMNS = ["rank", "key", "source", "true", "predicted", "confidence", "true_probability",
+                   "own_similarity", "nearest_other", "other_similarity", "margin", "mismatch", "score"]
+
+
+def write_outliers_csv(path: Path, rows: Sequence[Mapping[str, Any]], sources: Mapping[str, str],
+                       columns: Sequence[str] = OUTLIER_COLUMNS) -> None:
+    """The ranked outlier rows with each painting's source path (`columns`: the CSV's header)."""
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
@@ -116,8 +119,17 @@ def _caption(row: Mapping[str, Any]) -> list[str]:
             f"score {row['score']:.2f}  sim {_fmt(row['own_similarity'], 2)}  margin {_fmt(row['margin'], 2)}"]
 
 
+def joint_caption(row: Mapping[str, Any]) -> list[str]:
+    """Caption of a joint-ranking row: per task "task: true -> predicted (p_true)"."""
+    tasks = [k[:-len("_p_true")] for k in row if k.endswith("_p_true")]
+    return [f"#{row['rank']} {row['key']}",
+            f"score {row['combined_outlier_score']:.2f}  wrong {row['mismatch_count']}/{len(tasks)}",
+            *(f"{t}: {row[f'{t}_true']} -> {row[f'{t}_predicted']} ({row[f'{t}_p_true']:.2f})" for t in tasks)]
+
+
 def plot_contact_sheet(path: Path, rows: Sequence[Mapping[str, Any]], images: Mapping[str, bytes],
-                       title: str, columns: int = 6) -> None:
+                       title: str, columns: int = 6,
+                       caption: Callable[[Mapping[str, Any]], list[str]] = _caption) -> None:
     """The top-ranked paintings with true/predicted class and scores; mismatches captioned in red.
 
     Drawn with Pillow (a grid of thumbnails): a matplotlib figure of 24 images takes seconds.
@@ -127,7 +139,8 @@ def plot_contact_sheet(path: Path, rows: Sequence[Mapping[str, Any]], images: Ma
     font = ImageFont.load_default(size=12)
     cols = max(1, min(columns, len(rows)))
     lines = max(1, math.ceil(len(rows) / cols))
-    cell_w, cell_h = TILE + 16, TILE + 12 + CAPTION_LINES * LINE_HEIGHT
+    caption_lines = max([CAPTION_LINES, *(len(caption(row)) for row in rows)])
+    cell_w, cell_h = TILE + 16, TILE + 12 + caption_lines * LINE_HEIGHT
     sheet = Image.new("RGB", (cols * cell_w, 36 + lines * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((8, 10), title, fill="black", font=ImageFont.load_default(size=16))
@@ -140,8 +153,8 @@ def plot_contact_sheet(path: Path, rows: Sequence[Mapping[str, Any]], images: Ma
             sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
         else:
             draw.rectangle((x, y, x + TILE - 1, y + TILE - 1), outline="grey")
-        colour = "crimson" if row["mismatch"] else "black"
-        for j, text in enumerate(_caption(row)):
+        colour = "crimson" if row.get("mismatch") or row.get("mismatch_count") else "black"
+        for j, text in enumerate(caption(row)):
             draw.text((x, y + TILE + 4 + j * LINE_HEIGHT), _clip(draw, text, font, TILE + 8), fill=colour, font=font)
     sheet.save(path)
 
@@ -156,7 +169,8 @@ def _clip(draw, text: str, font, width: int) -> str:
 
 
 def headline_table(results: Mapping[str, Any], split: str) -> Table:
-    """One row per head (+ the means and joint exact match of a multi-head model)."""
+    """One row per head (+ the means and joint exact match of a multi-head model, over the
+    paintings labelled for every head)."""
     table = Table(title=f"{split} metrics")
     for name in ("task", "scored", "loss", "top-1", "top-5", "macro F1", "weighted F1"):
         table.add_column(name, justify="left" if name == "task" else "right")
@@ -168,8 +182,8 @@ def headline_table(results: Mapping[str, Any], split: str) -> Table:
     if combined:
         table.add_row("mean", "", "", _fmt(combined["mean_top1"]), _fmt(combined["mean_top5"]),
                       _fmt(combined["mean_macro_f1"]), _fmt(combined["mean_weighted_f1"]))
-        table.caption = (f"joint exact match (every labelled task right): "
-                         f"{_fmt(combined['joint_exact_match'])} over {combined['joint_scored']} paintings")
+        table.caption = (f"joint exact match (every head right) {_fmt(combined['joint_exact_match'])}; it and the "
+                         f"mean row are over the {combined['joint_scored']} paintings labelled for every head")
     return table
 
 

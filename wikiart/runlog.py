@@ -104,12 +104,34 @@ class RunLogger:
             self.console.print(*args)
 
     def epoch_table(self, epoch: int, train: dict[str, float], val: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        table = Table(title=f"epoch {epoch}")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in {**{f"train/{k}": v for k, v in train.items()}, **val}.items():
-            text = f"{value:.4f}" if isinstance(value, float) else str(value)
-            table.add_row(key, text)
-        self.console.print(table)
+        if self.enabled:
+            self.console.print(epoch_table(epoch, train, val))
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _loss(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def epoch_table(epoch: int, train: dict[str, float], val: dict[str, Any]) -> Table:
+    """The numbers the seed notebooks print after each epoch, one row per head: train loss (in
+    the title), val loss, top-1, top-5, macro and weighted F1. Several heads add a `joint` row
+    (the summed loss and the mean metrics over the paintings labelled for every head) and the
+    joint exact match in the caption. Metrics are fractions; shown as percentages like the seed."""
+    tasks = [key[:-len("/top1")] for key in val if key.endswith("/top1")]
+    table = Table(title=f"epoch {epoch}: train loss {_loss(train.get('loss'))}", title_justify="left")
+    for name in ("head", "val loss", "top-1", "top-5", "macro F1", "weighted F1", "scored"):
+        table.add_column(name, justify="left" if name == "head" else "right")
+    for t in tasks:
+        table.add_row(t, _loss(val.get(f"{t}/loss")), *(_pct(val.get(f"{t}/{k}")) for k in
+                      ("top1", "top5", "macro_f1", "weighted_f1")), str(val.get(f"{t}/scored", "")))
+    if "joint_exact_match" in val:
+        table.add_row("joint", _loss(val.get("loss")), *(_pct(val.get(f"mean_{k}")) for k in
+                      ("top1", "top5", "macro_f1", "weighted_f1")), str(val.get("joint_scored", "")))
+        table.caption = (f"joint exact match {_pct(val['joint_exact_match'])} (joint: summed loss and means "
+                         f"over the paintings with every label)")
+        table.caption_justify = "left"
+    return table

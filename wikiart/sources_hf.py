@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
-import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-from urllib.parse import urlparse
 
 from .labels import BASE_TASKS, LabelMap
+from .netprobe import unreachable
 from .sources import Record, Source, SourceError, assign_splits, drop_unlabelled
 
 
@@ -26,20 +24,7 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"{var} is set"
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    result: list[str | None] = ["timed out"]
-
-    def probe() -> None:  # DNS lookups ignore socket timeouts, hence the thread
-        try:
-            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-            result[0] = None
-        except OSError as exc:
-            result[0] = f"{url.hostname}: {exc}"
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return result[0]
+    return unreachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
 class HFSource(Source):

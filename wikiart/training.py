@@ -18,8 +18,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 from . import checkpoint as ckpt
+from .backbones import fetch_pretrained
 from .config import DataConfig, to_dict
-from .data import balance_task_for, build_eval_data, train_batches_per_rank, train_samples_for
+from .data import (balance_weigher, build_eval_data, eval_samples_for, intersection_only, train_batches_per_rank,
+                   train_samples_for)
 from .device_augment import DeviceAugment
 from .device_defaults import apply_device_defaults, resolve_mixed_precision
 from .engine import LoopContext, evaluate
@@ -30,7 +32,7 @@ from .manifest import Manifest, load_manifest
 from .metrics import headline_metrics
 from .mixing import Mixer
 from .model import CNNRNNClassifier, from_config
-from .optim import HYPERPARAMETERS, FreezePlan, ModelEMA, build_optimizer, restore_hyperparameters
+from .optim import HYPERPARAMETERS, FreezePlan, LRSchedule, ModelEMA, build_optimizer, restore_hyperparameters
 from .preemption import STOPPED_MARKER
 from .ranks import raise_on_every_rank
 from .runlog import RunLogger
@@ -175,15 +177,54 @@ def freeze_stem_for(cfg: dict[str, Any]) -> bool:
 
 
 def unfreeze_epoch_for(cfg: dict[str, Any]) -> int | None:
-    """Freezing the backbone for the first epochs keeps pretrained features while the new modules
-    settle. A random backbone is never frozen: it would stay random, its BatchNorm layers (in eval
-    mode while frozen) on their initial statistics."""
-    return cfg["optim"].unfreeze_epoch if starts_pretrained(cfg) else None
+    """The seed's 1-based unfreeze epoch (stem unfrozen, AdamW rebuilt, cosine restarted). Only a
+    pretrained stem is frozen to begin with: a random one trains from the first step."""
+    return cfg["optim"].unfreeze_epoch if freeze_stem_for(cfg) else None
+
+
+def freeze_plan_for(cfg: dict[str, Any], model: torch.nn.Module) -> FreezePlan:
+    """What is frozen when (wikiart.optim.FreezePlan; epochs 0-based there). A random backbone is
+    never frozen: it would stay random."""
+    optim_cfg, unfreeze = cfg["optim"], unfreeze_epoch_for(cfg)
+    return FreezePlan(model, freeze_stem_for(cfg), None if unfreeze is None else unfreeze - 1,
+                      backbone_frozen_epochs=optim_cfg.freeze_backbone_epochs if starts_pretrained(cfg) else 0,
+                      frozen_bn_eval=optim_cfg.frozen_bn_eval)
+
+
+def schedule_for(cfg: dict[str, Any], steps_per_epoch: int, total: int, freeze: FreezePlan) -> LRSchedule:
+    optim_cfg = cfg["optim"]
+    return LRSchedule(kind=optim_cfg.schedule, total_steps=total, steps_per_epoch=steps_per_epoch,
+                      epochs=cfg["train"].epochs, warmup_steps=optim_cfg.warmup_steps, eta_min=optim_cfg.eta_min,
+                      t_max_epochs=optim_cfg.cosine_t_max, restart_epoch=freeze.restart_epoch)
+
+
+def resolve_batch_scaling(cfg: dict[str, Any], world: int) -> tuple[dict[str, Any], str]:
+    """--batch-scaling turned into the per-rank batch and learning rates that run (what config.json
+    then records, as --batch-scaling per-rank), and the line that says which it is."""
+    data, optim_cfg = cfg["data"], cfg["optim"]
+    batch, scale = data.batch_size, 1
+    if data.batch_scaling == "global":
+        if batch % world:
+            raise ValueError(f"--batch-size {batch} is the global batch (--batch-scaling global) and does not "
+                             f"split evenly over {world} ranks; use a multiple of {world}, or --batch-scaling "
+                             f"per-rank / linear-lr to take it per rank")
+        batch //= world
+        line = (f"global batch {data.batch_size} = {world} rank(s) x {batch} (--batch-scaling global, the "
+                f"seed's); learning rates as given")
+    elif data.batch_scaling == "linear-lr":
+        scale = world
+        line = (f"global batch {batch * world} = {world} rank(s) x {batch} (--batch-scaling linear-lr); learning "
+                f"rates x {world}: {optim_cfg.lr * world:g} new modules, {optim_cfg.backbone_lr * world:g} backbone")
+    else:
+        line = f"global batch {batch * world} = {world} rank(s) x {batch} (--batch-scaling per-rank); learning rates as given"
+    cfg = {**cfg, "data": dataclasses.replace(data, batch_size=batch, batch_scaling="per-rank"),
+           "optim": dataclasses.replace(optim_cfg, lr=optim_cfg.lr * scale, backbone_lr=optim_cfg.backbone_lr * scale)}
+    return cfg, line
 
 
 def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_accum: int,
                         labelled_only: bool = True) -> int:
-    samples = train_samples_for(manifest, data.task, labelled_only)
+    samples = train_samples_for(manifest, data.task, labelled_only, data.combined_data)
     batches = train_batches_per_rank(samples, world, data.batch_size)
     steps = batches // grad_accum
     if steps < 1:
@@ -195,10 +236,9 @@ def checked_mixer(cfg: dict[str, Any], manifest: Manifest, heads: tuple[str, ...
     """The MixUp/CutMix sampler, once its flags and the class-balancing task (the shards must
     label it) are checked: both are refused before --out is written, like every other flag."""
     optim_cfg, data = cfg["optim"], cfg["data"]
-    if data.balance != "none":
-        manifest.class_counts("train", balance_task_for(data))
+    balance_weigher(manifest, data)  # raises for a balance task the shards do not label
     return Mixer(optim_cfg.mixup_p, optim_cfg.mixup_alpha, optim_cfg.cutmix_p, optim_cfg.cutmix_alpha,
-                 num_classes={t: manifest.num_classes(t) for t in heads})
+                 num_classes={t: manifest.num_classes(t) for t in heads}, partner=optim_cfg.mix_partner)
 
 
 def setup_job(cfg: dict[str, Any]) -> Job:
@@ -207,11 +247,13 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     cfg = apply_device_defaults(cfg, accelerator.device)
     # config.json records the precision that runs (the default bf16 on CUDA, "no" on the CPU).
     cfg["train"] = dataclasses.replace(cfg["train"], mixed_precision=accelerator.mixed_precision)
+    cfg, batch_line = resolve_batch_scaling(cfg, accelerator.num_processes)
     data, optim_cfg, train = cfg["data"], cfg["optim"], cfg["train"]
     # Every check comes before the first write (prepare_run_dir): bad input leaves --out untouched.
     manifest = load_manifest(data.shards)
     heads = check_manifest_for_task(manifest, data.task)
     run_dir = check_run_dir(cfg, accelerator)
+    fetch_pretrained(cfg["model"], accelerator)  # main rank downloads missing ImageNet weights
     model = build_model(cfg, manifest, heads)
     optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
     ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
@@ -229,22 +271,22 @@ def setup_job(cfg: dict[str, Any]) -> Job:
         accelerator.scaler.load_state_dict(extra["scaler"])
     total = steps * train.epochs if train.max_steps is None else min(train.max_steps, steps * train.epochs)
     weights = dict(zip(BASE_TASKS, optim_cfg.task_weights))
+    freeze = freeze_plan_for(cfg, model)
     ctx = LoopContext(
-        accelerator=accelerator, model=prepared_model, optimizer=prepared_opt, mixer=mixer,
-        freeze=FreezePlan(model, freeze_stem_for(cfg), unfreeze_epoch_for(cfg)),
+        accelerator=accelerator, model=prepared_model, optimizer=prepared_opt, mixer=mixer, freeze=freeze,
         heads=heads, smoothing=optim_cfg.label_smoothing,
         task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
-        grad_accum=train.grad_accum, total_steps=total, warmup_steps=optim_cfg.warmup_steps,
-        eta_min=optim_cfg.eta_min, seed=train.seed,
+        grad_accum=train.grad_accum, total_steps=total, schedule=schedule_for(cfg, steps, total, freeze),
+        seed=train.seed,
         stop_on_nonfinite=accelerator.scaler is None, ema=ema,  # a loss scaler skips such steps itself
         augment=DeviceAugment.for_recipe(data.color_jitter, data.erasing_p, model.mean, model.std,
-                                         cfg["model"].channels_last),
+                                         cfg["model"].channels_last, erasing_fill=data.erasing_fill),
         channels_last=cfg["model"].channels_last)
     if train.report_to:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
     logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
     logger.forget_after(state.step)  # a resumed run logs the steps after its checkpoint again
-    for line in _start_lines(cfg, heads, accelerator, steps, total, run_dir, state):
+    for line in [*_start_lines(cfg, heads, accelerator, steps, total, run_dir, state), batch_line]:
         logger.print(line)
     job = Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
     job.hub = HubSync.for_job(job)
@@ -258,10 +300,14 @@ def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path,
     if not state.labelled_epochs and cfg["data"].task in BASE_TASKS:
         lines.append("the checkpoint comes from a run whose epochs read every sample, labelled for the task "
                      "or not; this run goes on that way, so its steps and schedule stay as they were")
-    unfreeze = cfg["optim"].unfreeze_epoch
-    if unfreeze is not None and not starts_pretrained(cfg):
-        lines.append(f"unfreeze_epoch {unfreeze} not applied: the backbone starts from random weights and "
-                     f"trains from the first step (freezing applies with --pretrained)")
+    optim_cfg = cfg["optim"]
+    if (optim_cfg.unfreeze_epoch or optim_cfg.freeze_backbone_epochs) and not starts_pretrained(cfg):
+        lines.append("freezing not applied (--unfreeze-epoch, --freeze-backbone-epochs): the backbone starts "
+                     "from random weights and trains from the first step, on one cosine (freezing applies to "
+                     "pretrained weights)")
+    if intersection_only(cfg["data"]):
+        lines.append("combined on the intersection: only the paintings with all three labels train and "
+                     "validate (the seed's; --combined-data union for every painting)")
     return lines
 
 
@@ -371,13 +417,15 @@ def _write_best(job: Job, metrics: dict[str, float]) -> None:
 
 def run_validation(job: Job) -> dict[str, float]:
     acc, data = job.accelerator, job.cfg["data"]
-    info = build_eval_data(job.manifest, "val", data, rank=acc.process_index, world_size=acc.num_processes)
+    required = BASE_TASKS if intersection_only(data) else ()
+    info = build_eval_data(job.manifest, "val", data, rank=acc.process_index, world_size=acc.num_processes,
+                           required=required)
     net = acc.unwrap_model(job.ctx.model)
     weights = job.ctx.ema.swapped_into(net) if job.ctx.ema is not None else contextlib.nullcontext()
     with weights:
-        out = evaluate(acc, job.ctx.model, info.loader, job.heads, job.manifest.num_samples("val"),
+        out = evaluate(acc, job.ctx.model, info.loader, job.heads, eval_samples_for(job.manifest, "val", data),
                        channels_last=job.ctx.channels_last)
-    metrics = headline_metrics(out.logits, out.labels)
+    metrics = headline_metrics(out.logits, out.labels, smoothing=job.cfg["optim"].label_smoothing)
     improved = job.state.best_metric is None or metrics["score"] > job.state.best_metric
     if improved:
         job.state.best_metric, job.state.best_step = metrics["score"], job.state.step

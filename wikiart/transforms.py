@@ -10,7 +10,9 @@ torchvision's random transforms draw from the global torch RNG, which a resumed 
 reproduce sample by sample. Here every random parameter comes from an explicit generator that
 the data stream seeds per sample from (seed, epoch, reader, readers, sample counter). The draws
 follow torchvision's `RandomResizedCrop`, `RandomHorizontalFlip`, `ColorJitter` and
-`RandomErasing`, so the recipe means the same thing.
+`RandomErasing`, so the recipe means the same thing. (The erasing box is drawn here, its noise on
+the device, N(0, 1) as the seed's by default; the jitter is applied there as one affine map, which
+differs slightly from torchvision's: see `wikiart.device_augment`.)
 
 The generator is Python's `random.Random` (Mersenne Twister), seeded from the bytes of those
 ints (SHA-512 inside `random.seed`). Drawing one sample's parameters, generator included, takes

@@ -1,0 +1,189 @@
+"""ImageNet weights by default: downloaded the torchvision way into the torch hub cache (from a
+local HTTP server here), read from the cache afterwards, and one clear line when they cannot be had."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from wikiart import backbones
+from wikiart.backbones import PretrainedWeightsError, cached_weights_path
+from wikiart.config import ModelConfig
+from wikiart.model import from_config
+from wikiart.netprobe import unreachable
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = {"genre": ["landscape", "portrait", "still_life"]}
+SMALL = dict(backbone="resnet18", proj_dim=8, rnn_hidden=4, rnn_layers=1)
+REAL_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    """TORCH_HOME at an empty folder, honoured as in a fresh process (torch.hub.set_dir, which
+    another test may have called, would override it)."""
+    home = tmp_path / "torch"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    return home
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    requests: list[str]
+    truncate = False     # send half the file after announcing all of it, then hang up
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        if not self.server.truncate:
+            return super().do_GET()
+        body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.close_connection = True
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Path:
+    """resnet18 weights named as torchvision names them: <model>-<first 8 hex of SHA-256>.pth."""
+    folder = tmp_path_factory.mktemp("served")
+    torch.manual_seed(11)
+    tmp = folder / "weights.tmp"
+    torch.save(torchvision.models.resnet18().state_dict(), tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    return tmp.rename(folder / f"resnet18-{digest[:8]}.pth")
+
+
+@pytest.fixture
+def server(served):
+    httpd = _Server(("127.0.0.1", 0), functools.partial(_Handler, directory=str(served.parent)))
+    httpd.requests = []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _serve_as_imagenet_weights(monkeypatch, url: str) -> None:
+    """The one seam: where the weights live. Probe, download, cache and load are the real code."""
+    monkeypatch.setattr(backbones, "imagenet_weights_url", lambda name: url)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_weights_are_downloaded_into_the_torchvision_cache_once(torch_home, served, server, monkeypatch):
+    url = f"http://127.0.0.1:{server.server_address[1]}/{served.name}"
+    _serve_as_imagenet_weights(monkeypatch, url)
+    assert ModelConfig().pretrained  # the seed starts from ImageNet weights: so do we, by default
+
+    model = from_config(ModelConfig(**SMALL), CLASSES, 64)
+    cached = torch_home / "hub" / "checkpoints" / served.name
+    assert cached_weights_path("resnet18") == cached
+    assert cached.read_bytes() == served.read_bytes()
+    assert sorted(p.name for p in cached.parent.iterdir()) == [served.name]  # no temp file left
+    reference = torch.load(served, weights_only=True)
+    got = model.backbone.state_dict()
+    assert len(got) > 100 and all(torch.equal(got[k], reference[k]) for k in got)
+    assert server.requests == [f"/{served.name}"]
+
+    again = from_config(ModelConfig(**SMALL), CLASSES, 64)  # from the cache, the server not asked
+    assert torch.equal(again.backbone.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
+    assert server.requests == [f"/{served.name}"]
+
+
+@pytest.mark.parametrize("failure", ["truncated", "wrong-hash"])
+def test_a_failed_download_leaves_nothing_in_the_cache(failure, torch_home, served, server, monkeypatch):
+    name = served.name
+    if failure == "wrong-hash":  # torchvision's check: the name's hash must be the content's
+        name = "resnet18-00000000.pth"
+        (served.parent / name).write_bytes(served.read_bytes())
+    server.truncate = failure == "truncated"
+    _serve_as_imagenet_weights(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}/{name}")
+    with pytest.raises(PretrainedWeightsError, match="could not be downloaded") as err:
+        from_config(ModelConfig(**SMALL), CLASSES, 64)
+    # urllib takes a cut-short body for a complete one; the SHA-256 in the file name is what catches it
+    assert "invalid hash value" in str(err.value)
+    assert server.requests == [f"/{name}"]
+    assert list((torch_home / "hub" / "checkpoints").iterdir()) == []
+
+
+def test_unreachable_host_is_one_line_naming_url_path_and_options(torch_home, monkeypatch):
+    url = f"http://127.0.0.1:{_free_port()}/resnet18-f37072fd.pth"  # nothing listens there
+    _serve_as_imagenet_weights(monkeypatch, url)
+    with pytest.raises(PretrainedWeightsError) as err:
+        from_config(ModelConfig(**SMALL), CLASSES, 64)
+    message = str(err.value)
+    assert "\n" not in message and "Connection refused" in message
+    cache = torch_home / "hub" / "checkpoints"
+    for part in (url, str(cache / "resnet18-f37072fd.pth"), "--pretrained-path FILE", "--no-pretrained"):
+        assert part in message
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_no_pretrained_and_a_local_file_never_download(torch_home, monkeypatch, tmp_path):
+    _serve_as_imagenet_weights(monkeypatch, f"http://127.0.0.1:{_free_port()}/resnet18-f37072fd.pth")
+    torch.manual_seed(0)
+    random = from_config(ModelConfig(pretrained=False, **SMALL), CLASSES, 64)
+    torch.manual_seed(0)
+    assert torch.equal(random.backbone.conv1.weight, torchvision.models.resnet18().conv1.weight)
+    file = tmp_path / "local.pth"
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, file)
+    local = from_config(ModelConfig(pretrained_path=str(file), **SMALL), CLASSES, 64)
+    assert torch.equal(local.backbone.conv1.weight, state["conv1.weight"])
+    assert not (torch_home / "hub").exists()
+
+
+@pytest.mark.slow  # a train.py process: ~10 s of imports; two ranks ~30 s
+@pytest.mark.parametrize("ranks", [1, pytest.param(2, id="ddp")])
+def test_train_without_the_weights_offline_fails_in_one_line_before_writing(ranks, synthetic_shards, tmp_path):
+    """Offline for real (download.pytorch.org): with two ranks the main one probes and fails, and
+    the other gets its error instead of waiting at the next collective."""
+    if unreachable(REAL_URL) is None:
+        pytest.skip("download.pytorch.org is reachable: the run would download the weights")
+    home, out = tmp_path / "torch", tmp_path / "run"
+    home.mkdir()
+    args = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--backbone", "resnet18",
+            "--image-size", "32", "--batch-size", "8", "--proj-dim", "16", "--rnn-hidden", "16",
+            "--rnn-layers", "1", "--workers", "0", "--no-progress"]
+    if ranks == 1:
+        cmd = [sys.executable, str(ROOT / "train.py"), *args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_processes", "2",
+               "--main_process_port", str(_free_port()), str(ROOT / "train.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_HOME": str(home)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("train.py: error:")]
+    assert len(lines) == ranks and len(set(lines)) == 1, proc.stderr[-3000:]  # every rank, the same line
+    line = lines[0]
+    assert line.startswith("train.py: error: ImageNet weights for 'resnet18' are not in the torch hub cache")
+    for part in (REAL_URL, str(home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"),
+                 "--pretrained-path FILE", "--no-pretrained"):
+        assert part in line
+    if ranks == 1:  # (the accelerate launcher adds its own traceback when a rank fails)
+        assert "Traceback" not in proc.stderr
+    assert not out.exists() and list(home.rglob("*.pth*")) == []
