@@ -33,7 +33,8 @@ def run(ranks: int, shards: Path, out: Path, args: argparse.Namespace) -> float:
     flags = ["--task", "genre", "--shards", str(shards), "--out", str(out), "--backbone", "resnet18",
              "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--workers", "0",
              "--max-steps", str(args.steps), "--epochs", "50", "--log-every", "5", "--no-progress",
-             "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1", "--no-pretrained"]
+             "--proj-dim", "64", "--rnn-hidden", "64", "--rnn-layers", "1", "--no-pretrained",
+             "--batch-scaling", "per-rank"]  # the same per-rank batch at every world size
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if ranks == 1:
         cmd = [sys.executable, str(ROOT / "train.py"), *flags]

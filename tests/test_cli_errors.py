@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--task", "genre", "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8",
         "--proj-dim", "8", "--rnn-hidden", "8", "--rnn-layers", "1", "--shuffle-buffer", "50",
         "--no-progress", "--balance", "none", "--workers", "0", "--epochs", "1", "--max-steps", "1",
-        "--no-pretrained"]
+        "--no-pretrained", "--batch-scaling", "per-rank"]
 MISSING_IMAGES = ("Baroque/rembrandt_night-watch.jpg", "Cubism/pablo-picasso_guitar,-glass.jpg")
 
 # command -> (arguments every row of that command starts with; later flags override them)

@@ -36,7 +36,7 @@ TOKEN = "hf_wikiartSecretTestToken0123456789abcd"
 REPO = "painter/wikiart-tiny"
 TINY = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
         "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
-        "--balance", "none", "--workers", "1", "--no-pretrained"]
+        "--balance", "none", "--workers", "1", "--no-pretrained", "--batch-scaling", "per-rank"]
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def test_two_ranks_agree_on_the_stop_step_and_stay_identical_through_unfreezing(
     torch.manual_seed(7)
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     args = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--epochs", "2",
-            "--pretrained-path", str(weights), "--unfreeze-epoch", "1", "--workers", "1", "--keep-last", "10",
+            "--pretrained-path", str(weights), "--freeze-backbone-epochs", "1", "--workers", "1", "--keep-last", "10",
             "--save-every", "12",
             "--log-every", "1", "--stop-check-every", "1", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

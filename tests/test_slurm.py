@@ -34,7 +34,7 @@ BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "scon
 # signals every process of a step, workers included), a log row and a stop check every step or two.
 TINY = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
         "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
-        "--balance", "none", "--workers", "1", "--no-pretrained"]
+        "--balance", "none", "--workers", "1", "--no-pretrained", "--batch-scaling", "per-rank"]
 RUN = ["--task", "genre", "--epochs", "1", "--seed", "3", "--log-every", "1", "--stop-check-every", "2", *TINY]
 BATCH, RANKS = 8, 2
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}

@@ -20,7 +20,7 @@ from wikiart.manifest import load_manifest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
         "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
-        "--balance", "none", "--no-pretrained"]
+        "--balance", "none", "--no-pretrained", "--batch-scaling", "per-rank"]
 
 
 def run_train(args: list[str], *, ranks: int = 1, check: bool = True, timeout: int = 600,
