@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import os
 
@@ -380,3 +381,54 @@ def test_damaged_compressed_shard_keeps_the_samples_before_the_damage(tmp_path, 
     assert least <= len(samples) < 30 and "is damaged" in caplog.text
     assert [s["__key__"] for s in samples] == [f"{i:03d}" for i in range(len(samples))]
     assert all(s["jpg"] == members[2 * i][1] for i, s in enumerate(samples))
+
+
+def test_the_combined_intersection_counts_only_paintings_with_all_three_labels(synthetic_shards):
+    from wikiart.data import eval_samples_for
+    from wikiart.data_stream import iter_shard
+    from wikiart.label_census import census
+    manifest = load_manifest(synthetic_shards)
+    for split in ("train", "val"):
+        labels = [json.loads(raw["json"])["labels"] for path in manifest.shard_paths(split)
+                  for raw in iter_shard(path)]
+        complete = [lab for lab in labels if all(lab[t] >= 0 for t in ("artist", "genre", "style"))]
+        assert 0 < len(complete) < len(labels)  # the synthetic set leaves some labels out
+        found = census(manifest, split, ("artist", "genre", "style"))
+        assert found.num_samples == len(complete)
+        assert found.class_counts["style"] == [sum(lab["style"] == c for lab in complete)
+                                               for c in range(manifest.num_classes("style"))]
+    cfg = DataConfig(task="combined")
+    assert train_samples_for(manifest, "combined", combined_data="intersection") == census(
+        manifest, "train", ("artist", "genre", "style")).num_samples
+    assert eval_samples_for(manifest, "val", cfg) == census(manifest, "val", ("artist", "genre", "style")).num_samples
+    assert eval_samples_for(manifest, "val", DataConfig(task="combined", combined_data="union")) == \
+        manifest.num_samples("val")
+
+
+def test_the_intersection_streams_read_only_fully_labelled_paintings(synthetic_shards):
+    manifest = load_manifest(synthetic_shards)
+    cfg = DataConfig(task="combined", shards=str(synthetic_shards), image_size=32, batch_size=8, workers=0,
+                     balance="inverse")
+    batch = next(iter(build_train_data(manifest, cfg, rank=0, world_size=1, epoch=0, seed=0).loader))
+    assert all((batch["labels"][t] >= 0).all() for t in ("artist", "genre", "style"))
+    keys = [k for b in build_eval_data(manifest, "val", cfg, rank=0, world_size=1,
+                                       required=("artist", "genre", "style")).loader for k in b["key"]]
+    from wikiart.data import eval_samples_for
+    assert len(keys) == len(set(keys)) == eval_samples_for(manifest, "val", cfg)
+
+
+def test_the_seed_combined_sampler_weighs_the_mean_of_three_inverse_frequencies():
+    """WeightedRandomSampler(w_i = mean_t 1/n_t(label_t), N draws): expected count N w_i / sum w."""
+    from wikiart.data_stream import mean_class_weigher
+    rows = [{"artist": a, "genre": g, "style": s} for a, g, s in
+            [(0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1), (1, 0, 2), (0, 1, 2), (2, 1, 0)]]
+    counts = {t: np.bincount([r[t] for r in rows]).tolist() for t in ("artist", "genre", "style")}
+    weigh = mean_class_weigher(counts, "inverse")
+    seed = np.array([np.mean([1.0 / counts[t][r[t]] for t in counts]) for r in rows])
+    expected = len(rows) * seed / seed.sum()
+    np.testing.assert_allclose([weigh(r) for r in rows], expected, rtol=1e-12)
+    assert sum(weigh(r) for r in rows) == pytest.approx(len(rows))  # stream length unchanged
+    with pytest.raises(ValueError, match="--combined-data intersection"):
+        from wikiart.data import balance_weigher
+        balance_weigher(None, DataConfig(task="combined", combined_data="union", balance="inverse",
+                                         balance_task="all"))

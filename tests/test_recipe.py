@@ -146,3 +146,21 @@ def test_a_run_resumed_before_at_or_after_the_restart_ends_identical(tiny_shards
     resets = [r["epoch"] for r in metrics_rows(parts, "epoch") if r["optimizer_reset"]]
     assert resets == [2]  # logged once, though the run was resumed right at it
     assert load_file(str(whole / "best" / "model.safetensors")).keys() == final_weights(whole).keys()
+
+
+@pytest.mark.parametrize("scaling, ranks, per_rank, lr_scale", [
+    ("global", 1, 64, 1), ("global", 4, 16, 1), ("linear-lr", 4, 64, 4), ("per-rank", 4, 64, 1)])
+def test_batch_scaling_keeps_the_seed_global_batch_or_scales_the_learning_rate(scaling, ranks, per_rank, lr_scale):
+    from wikiart.config import parse_train_config
+    from wikiart.recipe import resolve_batch_scaling
+    cfg, line = resolve_batch_scaling(parse_train_config(["--task", "genre", "--batch-scaling", scaling]), ranks)
+    assert cfg["data"].batch_size == per_rank and cfg["data"].batch_scaling == "per-rank"  # what config.json records
+    assert (cfg["optim"].lr, cfg["optim"].backbone_lr) == pytest.approx((8e-4 * lr_scale, 1.5e-4 * lr_scale))
+    assert f"global batch {per_rank * ranks} = {ranks} rank(s) x {per_rank}" in line and scaling in line
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused():
+    from wikiart.config import parse_train_config
+    from wikiart.recipe import resolve_batch_scaling
+    with pytest.raises(ValueError, match="--batch-size 64 is the global batch .* over 3 ranks"):
+        resolve_batch_scaling(parse_train_config(["--task", "genre"]), 3)
