@@ -384,7 +384,7 @@ def test_damaged_compressed_shard_keeps_the_samples_before_the_damage(tmp_path, 
 
 
 def test_the_combined_intersection_counts_only_paintings_with_all_three_labels(synthetic_shards):
-    from wikiart.data import eval_samples_for
+    from wikiart.data import INTERSECTION, eval_samples_for
     from wikiart.data_stream import iter_shard
     from wikiart.label_census import census
     manifest = load_manifest(synthetic_shards)
@@ -393,14 +393,14 @@ def test_the_combined_intersection_counts_only_paintings_with_all_three_labels(s
                   for raw in iter_shard(path)]
         complete = [lab for lab in labels if all(lab[t] >= 0 for t in ("artist", "genre", "style"))]
         assert 0 < len(complete) < len(labels)  # the synthetic set leaves some labels out
-        found = census(manifest, split, ("artist", "genre", "style"))
+        found = census(manifest, split, INTERSECTION)
         assert found.num_samples == len(complete)
         assert found.class_counts["style"] == [sum(lab["style"] == c for lab in complete)
                                                for c in range(manifest.num_classes("style"))]
     cfg = DataConfig(task="combined")
     assert train_samples_for(manifest, "combined", combined_data="intersection") == census(
-        manifest, "train", ("artist", "genre", "style")).num_samples
-    assert eval_samples_for(manifest, "val", cfg) == census(manifest, "val", ("artist", "genre", "style")).num_samples
+        manifest, "train", INTERSECTION).num_samples
+    assert eval_samples_for(manifest, "val", cfg) == census(manifest, "val", INTERSECTION).num_samples
     assert eval_samples_for(manifest, "val", DataConfig(task="combined", combined_data="union")) == \
         manifest.num_samples("val")
 
@@ -411,9 +411,9 @@ def test_the_intersection_streams_read_only_fully_labelled_paintings(synthetic_s
                      balance="inverse")
     batch = next(iter(build_train_data(manifest, cfg, rank=0, world_size=1, epoch=0, seed=0).loader))
     assert all((batch["labels"][t] >= 0).all() for t in ("artist", "genre", "style"))
+    from wikiart.data import eval_filter, eval_samples_for
     keys = [k for b in build_eval_data(manifest, "val", cfg, rank=0, world_size=1,
-                                       required=("artist", "genre", "style")).loader for k in b["key"]]
-    from wikiart.data import eval_samples_for
+                                       keep=eval_filter(cfg)).loader for k in b["key"]]
     assert len(keys) == len(set(keys)) == eval_samples_for(manifest, "val", cfg)
 
 
@@ -432,3 +432,33 @@ def test_the_seed_combined_sampler_weighs_the_mean_of_three_inverse_frequencies(
         from wikiart.data import balance_weigher
         balance_weigher(None, DataConfig(task="combined", combined_data="union", balance="inverse",
                                          balance_task="all"))
+
+
+def test_the_combined_intersection_is_the_seeds_inner_joins_of_the_artgan_files(artgan, tmp_path):
+    """The seed inner-joins the three train files and the three val files apart; B, C and D (val
+    in one task, train in another) carry three labels in our val split but are in neither join."""
+    from conftest import ARTGAN_IMAGES, ARTGAN_ROWS
+    from wikiart.data import INTERSECTION
+    from wikiart.label_census import census
+    from wikiart.shards import build_shards, parse_build_config
+    from wikiart.sources import make_key
+    images, csvs = artgan
+    out = tmp_path / "shards"
+    manifest = build_shards(parse_build_config(["--out", str(out), "--images-root", str(images), "--csv-dir",
+                                                str(csvs), "--short-side", "16", "--no-progress"]))
+    for split in ("train", "val"):
+        joined = set.intersection(*({k for k, _ in ARTGAN_ROWS[(t, split)]} for t in ("artist", "genre", "style")))
+        assert census(manifest, split, INTERSECTION).num_samples == len(joined)
+        keys = [k for b in build_eval_data(manifest, split, DataConfig(task="combined", shards=str(out),
+                                                                       image_size=8, workers=0),
+                                           rank=0, world_size=1, keep=INTERSECTION).loader for k in b["key"]]
+        assert sorted(keys) == sorted(make_key(ARTGAN_IMAGES[k]) for k in joined)
+    assert census(manifest, "val", INTERSECTION).num_samples == 1  # E; B, C, D have a train-file label
+    assert census(manifest, "val", dataclasses.replace(INTERSECTION, own_split=False)).num_samples == 4
+    # evaluate.py's joint numbers of a combined model cover the same population
+    from wikiart.engine import EvalOutputs
+    from wikiart.evaluation import seed_population
+    val_keys = sorted(make_key(ARTGAN_IMAGES[k]) for k in "BCDEH")
+    logits = {t: np.zeros((5, 3), np.float32) for t in ("artist", "genre", "style")}
+    mask = seed_population(manifest, "val", EvalOutputs(val_keys, logits, {t: np.zeros(5, np.int64) for t in logits}))
+    assert [k for k, m in zip(val_keys, mask) if m] == [make_key(ARTGAN_IMAGES["E"])]

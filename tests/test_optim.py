@@ -85,7 +85,7 @@ def test_the_seed_leaves_the_frozen_bn1_in_train_mode_and_ours_puts_it_in_eval()
 
 def test_the_task_presets_freeze_only_a_pretrained_backbone():
     from wikiart.config import parse_train_config
-    from wikiart.training import freeze_stem_for, unfreeze_epoch_for
+    from wikiart.recipe import freeze_stem_for, unfreeze_epoch_for
     style = parse_train_config(["--task", "style", "--shards", "s", "--no-pretrained"])
     assert style["optim"].unfreeze_epoch == 7 and unfreeze_epoch_for(style) is None  # random: trains at once
     assert not freeze_stem_for(style)

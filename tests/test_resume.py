@@ -56,7 +56,7 @@ def test_learning_rates_weight_decay_and_ema_decay_given_at_resume_are_the_ones_
     from wikiart.optim import lr_at
     out = tmp_path / "retuned"
     common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",
-              "--max-steps", "4", "--warmup-steps", "0", "--log-every", "1", *TINY]
+              "--max-steps", "4", "--warmup-steps", "0", "--log-every", "1", "--schedule", "step", "--cosine-t-max", "none", *TINY]
     run_train([*common, "--stop-at-step", "2", "--ema-decay", "0.9"], check=False)
     proc = run_train([*common, "--resume", "auto", "--lr", "0.01", "--backbone-lr", "0.002",
                       "--weight-decay", "0.3", "--ema-decay", "0.5"])

@@ -78,11 +78,12 @@ def test_two_rank_ddp_run_trains_and_checkpoints(synthetic_shards, tmp_path):
 
 @pytest.mark.slow
 def test_two_rank_logged_losses_pool_the_labelled_rows_of_every_rank(synthetic_shards, tmp_path):
-    """`combined` on partly labelled paintings: each rank's batch has its own number of rows with
-    an artist (genre, style) label. The logged loss of a head is the mean over all ranks' labelled
-    rows, not rank 0's, nor a mean of the ranks' means; the step's loss is the ranks' mean."""
+    """`combined` on partly labelled paintings (--combined-data union): each rank's batch has its own
+    number of rows with an artist (genre, style) label. The logged loss of a head is the mean over all
+    ranks' labelled rows, not rank 0's, nor a mean of the ranks' means; the step's loss is the ranks' mean."""
     out = tmp_path / "combined"
-    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "combined", "--epochs", "1",
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "combined", "--combined-data", "union",
+               "--epochs", "1",
                "--max-steps", "6", "--log-every", "1", "--workers", "1", *TINY], ranks=2,
               script=ROOT / "tests" / "ddp_weights_probe.py")
     ranks = [torch.load(out / f"rank{r}_weights.pt", weights_only=True) for r in (0, 1)]
@@ -123,7 +124,7 @@ def test_model_learns_synthetic_genre_well_above_majority_baseline(synthetic_sha
     out = tmp_path / "learn"
     run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--epochs", "3",
                "--workers", "1", "--backbone", "resnet18", "--image-size", "48", "--batch-size", "16",
-               "--proj-dim", "32", "--rnn-hidden", "32", "--rnn-layers", "1", "--no-progress"])
+               "--proj-dim", "32", "--rnn-hidden", "32", "--rnn-layers", "1", "--no-progress", "--no-pretrained"])
     manifest = json.loads((synthetic_shards / "manifest.json").read_text())
     counts = manifest["splits"]["val"]["class_counts"]["genre"]
     majority = max(counts) / sum(counts)

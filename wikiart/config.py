@@ -191,12 +191,7 @@ class EvalConfig:
     shards: str | None = opt(None, "directory with the WebDataset shards and manifest.json")
     out: str | None = opt(None, "directory for metrics.json, reports and plots")
     split: str = opt("val", "split to score")
-    batch_size: int = opt(64, "batch size: the global batch, split over the ranks (--batch-scaling global), or "
-                          "per rank", min=1)
-    batch_scaling: str = opt("global", "several ranks: 'global' keeps --batch-size as the global batch (the "
-                             "seed's 64 on one GPU: 64 / ranks per rank); 'linear-lr' takes it per rank and "
-                             "multiplies the learning rates by the ranks (ours); 'per-rank' takes it per rank, "
-                             "learning rates as given (ours)", choices=("global", "linear-lr", "per-rank"))
+    batch_size: int = opt(64, "per-process batch size", min=1)
     workers: int = opt(2, "loader worker processes per rank", min=0)
     eval_resize: int | None = opt(None, "resize of the shorter side before the centre crop; none: the "
                                   "run's setting, else image size * 13/12", min=1)

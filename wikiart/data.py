@@ -48,8 +48,8 @@ from .data_stream import (CorruptCounter, CorruptSample, Sample, Weigher, balanc
                           class_weigher, collate, decode_image, log, mean_class_weigher, range_samples,
                           seeds, shard_permutation, shuffled)
 from .device_defaults import loader_workers
-from .label_census import census
-from .labels import BASE_TASKS, MISSING, heads_for_task
+from .label_census import LabelFilter, census
+from .labels import BASE_TASKS, heads_for_task
 from .manifest import Manifest, ManifestError
 from .transforms import build_eval_transform, build_train_transform, make_generator
 
@@ -100,14 +100,14 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
                  seed: int, num_batches: int, skip_batches: int, weigher: Weigher | None,
-                 counter: CorruptCounter, buffers: BatchBuffers, required: tuple[str, ...]):
+                 counter: CorruptCounter, buffers: BatchBuffers, keep: LabelFilter):
         self.shards, self.cfg = shards, cfg
         self.rank, self.world_size, self.epoch, self.seed = rank, world_size, epoch, seed
         self.num_batches, self.skip_batches = num_batches, skip_batches
         self.weigher, self.counter = weigher, counter
         self.buffers = buffers
         self.transform = build_train_transform(cfg)
-        self.required = required  # only samples labelled for all of these are read (empty: every sample)
+        self.keep = keep  # which samples are read (by their labels)
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.skip_batches)
@@ -151,7 +151,7 @@ class TrainStream(IterableDataset):
             for sample in range_samples(sh.paths, sh.sizes, order, start, end, sh.num_classes,
                                         self.counter):
                 readable += 1
-                if not has_labels(sample, self.required):
+                if not self.keep(sample.labels, sample.foreign):
                     continue
                 found += 1
                 yield sample
@@ -159,7 +159,7 @@ class TrainStream(IterableDataset):
                 start, end = 0, sh.total  # no sample of the range has the label: fill from the whole split
                 continue
             if not found:
-                labelled = f" labelled for {', '.join(self.required)}" if self.required else ""
+                labelled = f" labelled for {', '.join(self.keep.tasks)}" if self.keep.tasks else ""
                 raise RuntimeError(f"no readable training samples{labelled} at positions {start}..{end} "
                                    f"of pass {pass_index}; the shards are empty or damaged")
 
@@ -184,8 +184,8 @@ class EvalStream(IterableDataset):
     """Every sample of a split exactly once across ranks and workers; partial batches kept."""
 
     def __init__(self, shards: _Shards, cfg: DataConfig, *, rank: int, world_size: int,
-                 counter: CorruptCounter, buffers: BatchBuffers, required: tuple[str, ...] = ()):
-        self.shards, self.cfg, self.required = shards, cfg, required
+                 counter: CorruptCounter, buffers: BatchBuffers, keep: LabelFilter = LabelFilter()):
+        self.shards, self.cfg, self.keep = shards, cfg, keep
         self.rank, self.world_size, self.counter, self.buffers = rank, world_size, counter, buffers
         self.batch_size = cfg.eval_batch_size or cfg.batch_size
         self.transform = build_eval_transform(cfg)
@@ -211,7 +211,7 @@ class EvalStream(IterableDataset):
         batch: list[tuple[str, torch.Tensor, dict[str, int]]] = []
         for sample in range_samples(sh.paths, sh.sizes, range(len(sh.paths)), start, end,
                                     sh.num_classes, self.counter):
-            if not has_labels(sample, self.required):  # outside the scored population
+            if not self.keep(sample.labels, sample.foreign):  # outside the scored population
                 continue
             image = _decode(sample, self.transform.decode_size, self.counter)
             if image is None:
@@ -270,21 +270,26 @@ def _check_rank(rank: int, world_size: int) -> None:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
 
 
-def has_labels(sample: Sample, tasks: tuple[str, ...]) -> bool:
-    return all(sample.labels.get(t, MISSING) != MISSING for t in tasks)
-
-
 def intersection_only(cfg: DataConfig) -> bool:
     """--task combined on the paintings with all three labels (the seed's experiment)."""
     return cfg.task == "combined" and cfg.combined_data == "intersection"
 
 
-def required_labels(cfg: DataConfig, labelled_only: bool = True) -> tuple[str, ...]:
-    """The labels a training sample must carry to be read: the task's own for a single task (the
-    rest would only cost compute, their loss masked out), all three on the combined intersection."""
+# The seed's combined population: all three labels, each from the painting's own split's files.
+INTERSECTION = LabelFilter(BASE_TASKS, own_split=True)
+
+
+def train_filter(cfg: DataConfig, labelled_only: bool = True) -> LabelFilter:
+    """The training samples read: those labelled for the task (the rest would only cost compute,
+    their loss masked out), the seed's intersection for combined, or every sample."""
     if intersection_only(cfg):
-        return BASE_TASKS
-    return (cfg.task,) if labelled_only and cfg.task in BASE_TASKS else ()
+        return INTERSECTION
+    return LabelFilter((cfg.task,)) if labelled_only and cfg.task in BASE_TASKS else LabelFilter()
+
+
+def eval_filter(cfg: DataConfig) -> LabelFilter:
+    """The samples a training validation scores: the combined intersection's, else all."""
+    return INTERSECTION if intersection_only(cfg) else LabelFilter()
 
 
 def balance_task_for(cfg: DataConfig) -> str:
@@ -306,7 +311,7 @@ def balance_weigher(manifest: Manifest, cfg: DataConfig) -> Weigher | None:
         if not intersection_only(cfg):
             raise ValueError("--balance-task all weighs a painting by its three labels: it needs --task "
                              "combined --combined-data intersection")
-        return mean_class_weigher(census(manifest, "train", BASE_TASKS).class_counts, cfg.balance)
+        return mean_class_weigher(census(manifest, "train", INTERSECTION).class_counts, cfg.balance)
     return class_weigher(task, balance_weights(manifest.class_counts("train", task), cfg.balance))
 
 
@@ -316,7 +321,7 @@ def train_samples_for(manifest: Manifest, task: str, labelled_only: bool = True,
     class counts); for combined, those with all three labels (intersection) or all (union, or a
     run resumed from a checkpoint older than single-task epochs)."""
     if task == "combined" and combined_data == "intersection":
-        count = census(manifest, "train", BASE_TASKS).num_samples
+        count = census(manifest, "train", INTERSECTION).num_samples
         if not count:
             raise ManifestError("no training painting of the shards has all three labels (artist, genre, "
                                 "style); use --combined-data union, or shards built with all three tasks")
@@ -331,8 +336,8 @@ def train_samples_for(manifest: Manifest, task: str, labelled_only: bool = True,
 
 
 def eval_samples_for(manifest: Manifest, split: str, cfg: DataConfig) -> int:
-    """Samples a training validation scores: the combined intersection's, else the whole split."""
-    return census(manifest, split, BASE_TASKS).num_samples if intersection_only(cfg) \
+    """Samples a training validation scores (`eval_filter`)."""
+    return census(manifest, split, INTERSECTION).num_samples if intersection_only(cfg) \
         else manifest.num_samples(split)
 
 
@@ -353,21 +358,21 @@ def build_train_data(manifest: Manifest, cfg: DataConfig, *, rank: int, world_si
     stream = TrainStream(shards, cfg, rank=rank, world_size=world_size, epoch=epoch, seed=seed,
                          num_batches=num_batches, skip_batches=max(0, skip_batches),
                          weigher=balance_weigher(manifest, cfg), counter=counter, buffers=buffers,
-                         required=required_labels(cfg, labelled_only))
+                         keep=train_filter(cfg, labelled_only))
     return DataInfo(_loader(stream, cfg.workers), num_batches * world_size * cfg.batch_size,
                     num_batches, counter)
 
 
 def build_eval_data(manifest: Manifest, split: str, cfg: DataConfig, *, rank: int,
-                    world_size: int, required: tuple[str, ...] = ()) -> DataInfo:
+                    world_size: int, keep: LabelFilter = LabelFilter()) -> DataInfo:
     """The evaluation loader of `rank`: its share of `split`, each sample exactly once overall;
-    with `required`, only the samples labelled for all those tasks (`num_batches` is then an upper
-    bound: the positions are split before the labels are read)."""
+    only the samples `keep` reads (`num_batches` is then an upper bound: the positions are split
+    before the labels are read)."""
     _check_rank(rank, world_size)
     shards = _shards(manifest, split, cfg.task)
     counter, buffers = CorruptCounter(), BatchBuffers(loader_workers(cfg.workers))
     stream = EvalStream(shards, cfg, rank=rank, world_size=world_size, counter=counter, buffers=buffers,
-                        required=required)
+                        keep=keep)
     workers = max(1, loader_workers(cfg.workers))
     ranges = (stream.reader_range(w, workers) for w in range(workers))
     num_batches = sum(math.ceil((end - start) / stream.batch_size) for start, end in ranges)

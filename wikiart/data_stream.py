@@ -59,6 +59,7 @@ class Sample:
     key: str
     image: bytes
     labels: dict[str, int]
+    foreign: tuple[str, ...] = ()  # tasks whose label came from the other split's file (ArtGAN)
 
 
 def seeds(*parts: int) -> list[int]:
@@ -146,6 +147,12 @@ def decode_image(data: bytes, min_side: int) -> np.ndarray:
         raise CorruptSample(f"undecodable image ({exc.__class__.__name__}: {exc})") from None
 
 
+def foreign_tasks(meta: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tasks of a sample json whose label comes from the other split's file (`label_splits`)."""
+    splits = meta.get("label_splits") or {}
+    return tuple(sorted(t for t, s in splits.items() if s != meta.get("split"))) if isinstance(splits, dict) else ()
+
+
 def parse_sample(raw: Mapping, num_classes: Mapping[str, int]) -> Sample:
     """Validate a raw tar sample into a `Sample`; raises CorruptSample with a reason."""
     key = raw.get("__key__", "?")
@@ -162,7 +169,7 @@ def parse_sample(raw: Mapping, num_classes: Mapping[str, int]) -> Sample:
         if k is not None and value != MISSING and not 0 <= value < k:
             raise CorruptSample(f"label {task}={value} out of range 0..{k - 1}")
     check_image_bytes(image)
-    return Sample(key=str(key), image=image, labels=labels)
+    return Sample(key=str(key), image=image, labels=labels, foreign=foreign_tasks(meta))
 
 
 def shard_samples(path: str, size: int, lo: int, hi: int, num_classes: Mapping[str, int],

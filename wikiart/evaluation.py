@@ -17,18 +17,20 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from rich.console import Console
 
 from .cli import run_cli
 from .config import ConfigError, DataConfig, EvalConfig, parse_eval_config
-from .data import build_eval_data
+from .data import INTERSECTION, build_eval_data
 from .device_defaults import resolve_mixed_precision
 from .engine import EvalOutputs, evaluate
 from .evaluation_checkpoint import LoadedModel, eval_data_config, load_model
 from .evaluation_outliers import compute_joint_outliers, compute_outliers, write_outlier_files
 from .hub import HubError, check_repo_id, check_token, push_eval_card
+from .label_census import census
 from .labels import BASE_TASKS
 from .manifest import Manifest, ManifestError, load_manifest
 from .metrics import evaluation_metrics
@@ -62,6 +64,16 @@ def score_split(accelerator: Accelerator, model: torch.nn.Module, manifest: Mani
                     channels_last=accelerator.device.type == "cuda")
 
 
+def seed_population(manifest: Manifest, split: str, out: EvalOutputs) -> np.ndarray | None:
+    """For a model with several heads: the rows of the seed's combined population (all three
+    labels, each from the split's own ArtGAN files), so the joint numbers cover the seed's 4,707
+    val paintings rather than every painting the leak rule gave three labels."""
+    if len(out.logits) < 2 or set(out.logits) != set(BASE_TASKS):
+        return None
+    keys = census(manifest, split, INTERSECTION).keys
+    return np.fromiter((k in keys for k in out.keys), dtype=bool, count=len(out.keys))
+
+
 def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str, Any]:
     """Score, compute metrics (and outliers), write the outputs; returns the metrics on every rank."""
     if cfg.push_to_hub:  # a bad repo id or a missing token fails before any work
@@ -87,7 +99,7 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
     class_names = loaded.model.class_names_dict()
     summary = {**describe_run(cfg, loaded, data_cfg, manifest, out, accelerator.num_processes,
                               accelerator.mixed_precision),
-               **evaluation_metrics(out.logits, out.labels, class_names)}
+               **evaluation_metrics(out.logits, out.labels, class_names, seed_population(manifest, cfg.split, out))}
     tables, joint = {}, None
     if cfg.outliers:
         tables = compute_outliers(accelerator, loaded.model, manifest, cfg.split, cfg.centroids, data_cfg,

@@ -1,10 +1,15 @@
-"""Counts over the paintings that carry every one of a set of labels, read from the shards.
+"""The paintings a stream reads (`LabelFilter`) and counts over them, read from the shards.
 
 The manifest counts each task's labels on its own; the seed's combined experiment trains and
 scores only the paintings labelled for all three tasks (11,276 train / 4,707 val on ArtGAN), so
 its epoch length, its sampler weights and its validation count need counts over that
 intersection. They are read here from the shards' `.json` members alone: tar headers are
 walked with seeks, no image byte is read (the whole ArtGAN train split in a few seconds).
+
+The seed inner-joins the three train files and the three val files apart. A painting the leak
+rule moved to val (say artist-train, genre-val, style-val) has all three labels in our val split
+but is in neither of the seed's sets: `own_split` leaves out labels whose json `label_splits`
+names the other split, which gives the seed's 4,707 exactly.
 """
 
 from __future__ import annotations
@@ -13,10 +18,24 @@ import dataclasses
 import functools
 import json
 import tarfile
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
+from .data_stream import foreign_tasks
 from .labels import MISSING
 from .manifest import Manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelFilter:
+    """Keep a sample labelled for every task of `tasks` (none: every sample); with `own_split`,
+    only by labels from its own split's files. Picklable: the loader workers call it."""
+    tasks: tuple[str, ...] = ()
+    own_split: bool = False
+
+    def __call__(self, labels: Mapping[str, int], foreign: Sequence[str] = ()) -> bool:
+        if any(labels.get(t, MISSING) == MISSING for t in self.tasks):
+            return False
+        return not (self.own_split and any(t in foreign for t in self.tasks))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,38 +44,42 @@ class Census:
     tasks: tuple[str, ...]
     num_samples: int
     class_counts: dict[str, list[int]]
+    keys: frozenset[str] = frozenset()
 
 
-def shard_labels(path: str) -> Iterator[dict[str, int]]:
-    """The `labels` of every sample of one shard, in file order; damaged members are left out
-    (the loaders skip and count those samples too)."""
+def shard_labels(path: str) -> Iterator[tuple[str, dict[str, int], tuple[str, ...]]]:
+    """(key, labels, foreign tasks) of every sample of one shard, in file order; damaged members
+    are left out (the loaders skip and count those samples too)."""
     with tarfile.open(path, mode="r:*") as tar:
         while (info := tar.next()) is not None:
             if info.isreg() and info.name.endswith(".json"):
                 try:
-                    yield {t: int(v) for t, v in json.loads(tar.extractfile(info).read())["labels"].items()}
+                    meta = json.loads(tar.extractfile(info).read())
+                    labels = {t: int(v) for t, v in meta["labels"].items()}
+                    yield info.name[:-len(".json")], labels, foreign_tasks(meta)
                 except (ValueError, KeyError, TypeError, AttributeError):
-                    continue
+                    pass
             tar.members.clear()  # keeps memory flat on long shards
 
 
-def census(manifest: Manifest, split: str, tasks: Sequence[str]) -> Census:
-    """Count the `split` paintings whose every task in `tasks` is labelled (cached per process)."""
+def census(manifest: Manifest, split: str, keep: LabelFilter) -> Census:
+    """Count the `split` paintings `keep` reads, per task of it and class (cached per process)."""
     paths = tuple(manifest.shard_paths(split))
-    num_classes = tuple(manifest.num_classes(t) for t in tasks)
-    return _census(paths, tuple(tasks), num_classes)
+    num_classes = tuple(manifest.num_classes(t) for t in keep.tasks)
+    return _census(paths, keep, num_classes)
 
 
 @functools.lru_cache(maxsize=16)
-def _census(paths: tuple[str, ...], tasks: tuple[str, ...], num_classes: tuple[int, ...]) -> Census:
+def _census(paths: tuple[str, ...], keep: LabelFilter, num_classes: tuple[int, ...]) -> Census:
+    tasks = keep.tasks
     counts = {t: [0] * n for t, n in zip(tasks, num_classes)}
-    total = 0
+    keys = []
     for path in paths:
-        for labels in shard_labels(path):
+        for key, labels, foreign in shard_labels(path):
             values = [labels.get(t, MISSING) for t in tasks]
-            if any(not 0 <= v < n for v, n in zip(values, num_classes)):
+            if not keep(labels, foreign) or any(not 0 <= v < n for v, n in zip(values, num_classes)):
                 continue
-            total += 1
+            keys.append(key)
             for task, value in zip(tasks, values):
                 counts[task][value] += 1
-    return Census(tasks, total, counts)
+    return Census(tasks, len(keys), counts, frozenset(keys))

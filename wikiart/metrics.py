@@ -8,7 +8,7 @@ Two populations, as in the seed notebooks: each head's own numbers use every pai
 has that head's label; the numbers across heads (joint exact match, the `mean_*` metrics and
 a combined model's `loss`) use only the paintings labelled for *every* head (`joint_scored`).
 The seed trains and validates `combined` on the three-way intersection, so its joint exact
-match (68.18 %) and mean metrics (e.g. mean weighted F1 86.14 %) are over exactly such
+match (68.18 %) and mean metrics (e.g. mean top-1 86.14 %) are over exactly such
 paintings; ours are comparable with them (with `--combined-data union`, over the val paintings
 that have all three labels). Metrics here are fractions (0.6818), the seed prints percentages.
 """
@@ -94,10 +94,11 @@ def head_scores(logits: np.ndarray, labels: np.ndarray, smoothing: float = 0.0) 
             "scored": int(mask.sum())}
 
 
-def joint_exact_match(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> float:
-    """Share of the paintings labelled for every head whose every head is right (the seed's
-    joint exact match; nan when no painting has every label)."""
-    rows = joint_rows(labels)
+def joint_exact_match(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                      rows: np.ndarray | None = None) -> float:
+    """Share of the paintings labelled for every head (or of `rows`, a subset of them) whose
+    every head is right (the seed's joint exact match; nan when there is none)."""
+    rows = joint_rows(labels) if rows is None else rows & joint_rows(labels)
     if not rows.any():
         return float("nan")
     right = np.ones(int(rows.sum()), dtype=bool)
@@ -110,16 +111,19 @@ MEAN_KEYS = ("top1", "top5", "macro_f1", "weighted_f1")
 
 
 def combined_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                     smoothing: float = 0.0) -> dict[str, Any]:
+                     smoothing: float = 0.0, rows: np.ndarray | None = None) -> dict[str, Any]:
     """The cross-head numbers of a multi-head model, all over the paintings labelled for every
     head (as the seed's `evaluate_metrics_multitask`, hence comparable with its 68.18 % joint
-    exact match and 86.14 % mean weighted F1): `joint_scored` (how many), `joint_exact_match`,
+    exact match and 86.14 % mean top-1): `joint_scored` (how many), `joint_exact_match`,
     `mean_<m>` (each head's metric on those paintings, averaged over the heads) and `loss` (the
     SUM of the heads' cross-entropies, the seed's `style_loss + artist_loss + genre_loss`).
+    `rows` narrows the population further (evaluate.py: the seed's intersection of the ArtGAN val
+    files, `wikiart.label_census`).
     """
-    rows = joint_rows(labels)
+    rows = joint_rows(labels) if rows is None else rows & joint_rows(labels)
     per_head = {t: head_scores(logits[t][rows], labels[t][rows], smoothing) for t in logits}
-    out: dict[str, Any] = {"joint_scored": int(rows.sum()), "joint_exact_match": joint_exact_match(logits, labels)}
+    out: dict[str, Any] = {"joint_scored": int(rows.sum()),
+                           "joint_exact_match": joint_exact_match(logits, labels, rows)}
     for key in MEAN_KEYS:
         out[f"mean_{key}"] = float(np.mean([m[key] for m in per_head.values()])) if rows.any() else float("nan")
     out["loss"] = float(sum(m["loss"] for m in per_head.values())) if rows.any() else float("nan")
@@ -209,12 +213,14 @@ def _label_scores(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> d
 
 
 def evaluation_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                       class_names: dict[str, list[str]]) -> dict[str, Any]:
-    """{"tasks": {task: task_metrics}, "combined": combined_metrics (several heads only)}."""
+                       class_names: dict[str, list[str]], joint_population: np.ndarray | None = None
+                       ) -> dict[str, Any]:
+    """{"tasks": {task: task_metrics}, "combined": combined_metrics over `joint_population` (several
+    heads only; default: every painting labelled for every head)}."""
     tasks = {t: task_metrics(logits[t], labels[t], class_names[t]) for t in logits}
     out: dict[str, Any] = {"tasks": tasks}
     if len(tasks) > 1:
-        out["combined"] = combined_metrics(logits, labels)
+        out["combined"] = combined_metrics(logits, labels, rows=joint_population)
     return out
 
 

@@ -141,11 +141,13 @@ def _recipe_rows(model_config: Mapping[str, Any], run_config: Mapping[str, Mappi
     if optim:
         rows += [("optimizer", f"AdamW, lr {optim.get('lr')} (new modules) / {optim.get('backbone_lr')} "
                                f"(backbone), weight decay {optim.get('weight_decay')}"),
-                 ("schedule", f"{optim.get('warmup_steps')} warmup steps, cosine to {optim.get('eta_min')}"),
+                 ("schedule", f"{optim.get('warmup_steps')} warmup steps, cosine per {optim.get('schedule', 'step')} "
+                              f"to {optim.get('eta_min')}, T_max {optim.get('cosine_t_max') or 'the run'}"
+                              + (" epochs" if optim.get("cosine_t_max") else "")),
                  ("regularisation", f"label smoothing {optim.get('label_smoothing')}, MixUp p {optim.get('mixup_p')} "
                                     f"α {optim.get('mixup_alpha')}, CutMix p {optim.get('cutmix_p')} "
                                     f"α {optim.get('cutmix_alpha')}, clip grad {optim.get('clip_grad')}"),
-                 ("backbone unfrozen at epoch", str(optim.get("unfreeze_epoch"))),
+                 ("stem unfrozen, AdamW and cosine restarted at epoch", str(optim.get("unfreeze_epoch"))),
                  ("EMA decay", str(optim.get("ema_decay")))]
     return rows
 

@@ -108,6 +108,8 @@ class ShardWriter:
     def write(self, rec: Record, jpg: bytes, orig: tuple[int, int], size: tuple[int, int]) -> None:
         meta = {"key": rec.key, "labels": rec.labels, "source": rec.source, "split": rec.split,
                 "orig_size": list(orig), "size": list(size)}
+        if rec.label_splits and set(rec.label_splits.values()) != {rec.split}:  # only where they differ
+            meta["label_splits"] = rec.label_splits
         self._add(f"{rec.key}.jpg", jpg)
         self._add(f"{rec.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"))
         for task, label in rec.labels.items():

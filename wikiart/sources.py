@@ -39,6 +39,10 @@ class Record:
     pos: int = 0                  # position in source order
     size_hint: int = 0            # bytes of the original if known (shard size planning)
     image: Any = None             # bytes | path str | SyntheticPainting, set by iter_images
+    # ArtGAN: per label, the split of the file that gave it ("train" for a painting the leak rule
+    # moved to val from another task's train file). The seed's combined experiment inner-joins
+    # the train files and the val files apart, so it needs to know (wikiart.data.LabelFilter).
+    label_splits: dict[str, str] | None = None
 
 
 class Source:
@@ -275,7 +279,9 @@ class ArtGANSource(Source):
         for pos, rel in enumerate(sorted(labels)):
             in_val = any(split == "val" for _, split in member[rel])
             records.append(Record(key=make_key(rel), labels={t: labels[rel].get(t, MISSING) for t in tasks},
-                                  split="val" if in_val else "train", source=rel, pos=pos))
+                                  split="val" if in_val else "train", source=rel, pos=pos,
+                                  label_splits={t: "val" if (t, "val") in member[rel] else "train"
+                                                for t in sorted(labels[rel])}))
         return records
 
     def _count_moved(self, member, tasks) -> None:

@@ -20,8 +20,8 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 from . import checkpoint as ckpt
 from .backbones import fetch_pretrained
 from .config import DataConfig, to_dict
-from .data import (balance_weigher, build_eval_data, eval_samples_for, intersection_only, train_batches_per_rank,
-                   train_samples_for)
+from .data import (balance_weigher, build_eval_data, eval_filter, eval_samples_for, intersection_only,
+                   train_batches_per_rank, train_samples_for)
 from .device_augment import DeviceAugment
 from .device_defaults import apply_device_defaults, resolve_mixed_precision
 from .engine import LoopContext, evaluate
@@ -33,8 +33,7 @@ from .metrics import headline_metrics
 from .mixing import Mixer
 from .model import CNNRNNClassifier, from_config
 from .optim import HYPERPARAMETERS, ModelEMA, build_optimizer, restore_hyperparameters
-from .recipe import (freeze_plan_for, freeze_stem_for, resolve_batch_scaling, schedule_for,  # noqa: F401 - re-exported
-                     starts_pretrained, unfreeze_epoch_for)
+from .recipe import freeze_plan_for, resolve_batch_scaling, schedule_for, starts_pretrained
 from .preemption import STOPPED_MARKER
 from .ranks import raise_on_every_rank
 from .runlog import RunLogger
@@ -363,9 +362,8 @@ def _write_best(job: Job, metrics: dict[str, float]) -> None:
 
 def run_validation(job: Job) -> dict[str, float]:
     acc, data = job.accelerator, job.cfg["data"]
-    required = BASE_TASKS if intersection_only(data) else ()
     info = build_eval_data(job.manifest, "val", data, rank=acc.process_index, world_size=acc.num_processes,
-                           required=required)
+                           keep=eval_filter(data))
     net = acc.unwrap_model(job.ctx.model)
     weights = job.ctx.ema.swapped_into(net) if job.ctx.ema is not None else contextlib.nullcontext()
     with weights:
