@@ -428,6 +428,8 @@ def test_the_seed_combined_sampler_weighs_the_mean_of_three_inverse_frequencies(
     expected = len(rows) * seed / seed.sum()
     np.testing.assert_allclose([weigh(r) for r in rows], expected, rtol=1e-12)
     assert sum(weigh(r) for r in rows) == pytest.approx(len(rows))  # stream length unchanged
+    import pickle  # loader workers started by spawn or forkserver unpickle it
+    assert [pickle.loads(pickle.dumps(weigh))(r) for r in rows] == [weigh(r) for r in rows]
     with pytest.raises(ValueError, match="--combined-data intersection"):
         from wikiart.data import balance_weigher
         balance_weigher(None, DataConfig(task="combined", combined_data="union", balance="inverse",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -121,6 +122,21 @@ def test_training_checkpoint_and_run_directory_load_the_same_model(trained_run):
     a, b = from_step.model.state_dict(), from_run.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not from_step.model.training and from_step.eval_resize is None  # the run's default
+
+
+@pytest.mark.slow
+def test_describe_says_what_was_loaded_in_plain_words(trained_run, evaluated):
+    best, step = trained_run / "best", trained_run / "checkpoints" / "step-00000020"
+    assert load_model(str(trained_run)).describe() == f"the model in {best} (saved model, raw weights, no EMA)"
+    assert load_model(str(step)).describe() == \
+        f"the training checkpoint {step} (optimizer step 20, raw weights, no EMA)"
+    # The Hub and EMA forms need a download or an EMA run to load: same object, other fields.
+    loaded = load_model(str(best))
+    hub = dataclasses.replace(loaded, kind="hub", path="painter/wikiart-genre", weights="ema")
+    assert hub.describe() == "the Hub model painter/wikiart-genre (EMA weights)"
+    assert dataclasses.replace(loaded, weights="ema").describe() == f"the model in {best} (saved model, EMA weights)"
+    flat = " ".join(evaluated[1].split())  # rich wraps long lines (paths) where it likes
+    assert "evaluating the model in " in flat and "(saved model, raw weights, no EMA) on val of" in flat
 
 
 def outlier_csv(path: Path) -> dict[str, dict[str, str]]:

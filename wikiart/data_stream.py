@@ -240,30 +240,34 @@ def balance_weights(counts: Sequence[int], mode: str) -> np.ndarray:
 Weigher = Callable[[Mapping[str, int]], float]  # a sample's labels -> its repeat factor
 
 
-def class_weigher(task: str, weights: np.ndarray) -> Weigher:
+@dataclass(frozen=True)
+class class_weigher:  # noqa: N801 - used as a function; a class so that loader workers can unpickle it
     """Repeat factor from one task's class weights; a sample without that label keeps 1."""
-    def weigh(labels: Mapping[str, int]) -> float:
-        label = labels.get(task, MISSING)
-        return float(weights[label]) if 0 <= label < len(weights) else 1.0
-    return weigh
+    task: str
+    weights: np.ndarray
+
+    def __call__(self, labels: Mapping[str, int]) -> float:
+        label = labels.get(self.task, MISSING)
+        return float(self.weights[label]) if 0 <= label < len(self.weights) else 1.0
 
 
-def mean_class_weigher(counts: Mapping[str, Sequence[int]], mode: str) -> Weigher:
+class mean_class_weigher:  # noqa: N801 - used as a function; picklable for the loader workers
     """The seed's combined sampler: a painting weighs the mean over the tasks of n_c ** -p for
     its class c of each task (p = 1 for inverse), scaled so the expected stream length stays the
     number of paintings N: sum_i mean_t n_t(i) ** -p = mean_t sum_c n_tc ** (1 - p), so the
     scale follows from the class counts alone. Meant for paintings labelled for every task."""
-    power = BALANCE_POWER[mode]
-    arrays = {t: np.asarray(c, dtype=np.float64) for t, c in counts.items()}
-    total = max(float(next(iter(arrays.values())).sum()), 1.0)
-    mass = np.mean([float((n[n > 0] ** (1.0 - power)).sum()) for n in arrays.values()])
-    scale = total / mass if mass > 0 else 0.0
 
-    def weigh(labels: Mapping[str, int]) -> float:
-        terms = [arrays[t][labels[t]] ** -power for t in arrays
-                 if 0 <= labels.get(t, MISSING) < len(arrays[t]) and arrays[t][labels[t]] > 0]
-        return scale * float(np.mean(terms)) if terms else 1.0
-    return weigh
+    def __init__(self, counts: Mapping[str, Sequence[int]], mode: str):
+        self.power = BALANCE_POWER[mode]
+        self.arrays = {t: np.asarray(c, dtype=np.float64) for t, c in counts.items()}
+        total = max(float(next(iter(self.arrays.values())).sum()), 1.0)
+        mass = np.mean([float((n[n > 0] ** (1.0 - self.power)).sum()) for n in self.arrays.values()])
+        self.scale = total / mass if mass > 0 else 0.0
+
+    def __call__(self, labels: Mapping[str, int]) -> float:
+        terms = [n[labels[t]] ** -self.power for t, n in self.arrays.items()
+                 if 0 <= labels.get(t, MISSING) < len(n) and n[labels[t]] > 0]
+        return self.scale * float(np.mean(terms)) if terms else 1.0
 
 
 def balanced(samples: Iterable[Sample], weigher: Weigher | None, rng: np.random.Generator) -> Iterator[Sample]:

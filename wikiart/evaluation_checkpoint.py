@@ -41,8 +41,16 @@ class LoadedModel:
     weights: str = "model"      # "model" or "ema"
 
     def describe(self) -> str:
-        step = f" step {self.step}" if self.step is not None else ""
-        return f"{self.kind} {self.path}{step} ({self.weights} weights)"
+        """What was loaded, in the user's words: "the model in runs/x/best (saved model, EMA weights)"."""
+        weights = "EMA weights" if self.weights == "ema" else "raw weights, no EMA"
+        if self.kind == "pretrained":
+            return f"the model in {self.path} (saved model, {weights})"
+        if self.kind == "hub":
+            return f"the Hub model {self.path} ({weights})"
+        if self.kind == "training-state":
+            step = f"optimizer step {self.step}, " if self.step is not None else ""
+            return f"the training checkpoint {self.path} ({step}{weights})"
+        return f"{self.kind} {self.path} ({weights})"
 
 
 def load_model(spec: str, *, use_ema: bool = True) -> LoadedModel:

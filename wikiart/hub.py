@@ -34,7 +34,7 @@ from . import checkpoint as ckpt
 from .config import to_dict
 from .hub_push import (HubError, HubPusher, PushOutcome, RetryPolicy, Snapshot, missing_on_hub, say,
                        call_with_retries, commit_url, describe, redact)
-from .model_card import build_card, update_card_metrics
+from .model_card import build_card, update_card_metrics, write_card
 from .preemption import STOPPED_MARKER
 from .ranks import raise_on_every_rank
 
@@ -126,6 +126,14 @@ def link_tree(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
             shutil.copy2(path, dst / path.name)
 
 
+def write_run_card(job: "Job", folder: Path, repo_id: str | None = None) -> None:
+    """The run's model card into the saved model `folder`: for the Hub repo `repo_id`, or (None)
+    for best/ on disk, loaded by its path and named after the run (not the mixin's placeholder)."""
+    write_card(folder, repo_id or str(job.run_dir / "best"), title=None if repo_id else job.run_dir.name,
+               run_config=to_dict(job.cfg), manifest=job.manifest, split="val",
+               world_size=job.accelerator.num_processes, steps=job.ctx.total_steps)
+
+
 class HubSync:
     """When to push (`--hub-every`), staging, and the final awaited push; main process only.
 
@@ -196,7 +204,7 @@ class HubSync:
         parts = []
         if best.is_dir():
             link_tree(best, folder, skip=("README.md",))  # the card is written fresh, never into a link
-            self._write_card(job, folder)
+            write_run_card(job, folder, self.repo_id)
             score = job.state.best_metric
             parts.append(f"best model (step {job.state.best_step}"
                          + (f", val score {score:.4f})" if score is not None else ")"))
@@ -206,15 +214,6 @@ class HubSync:
         self.pusher.submit(Snapshot(folder, job.state.step, "wikiart: " + " + ".join(parts)))
         self._submitted, self._pushed_step, self._pushed_epoch = key, job.state.step, job.state.epoch
         return True
-
-    def _write_card(self, job: "Job", folder: Path) -> None:
-        model_config = json.loads((folder / "config.json").read_text())
-        metrics_file = folder / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        card = build_card(self.repo_id, model_config, run_config=to_dict(job.cfg), manifest=job.manifest,
-                          metrics=metrics, split="val", step=metrics.get("step"),
-                          world_size=job.accelerator.num_processes, steps=job.ctx.total_steps)
-        (folder / "README.md").write_text(str(card))
 
     def finish(self, job: "Job", timeout: float | None = None, final: bool = True) -> PushOutcome:
         """Push the final state (`final`), await all pushes (bounded), print and record the outcome."""

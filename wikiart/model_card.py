@@ -9,8 +9,10 @@ so the Hub reads it. The metrics live between two HTML comments so `update_card_
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -177,12 +179,16 @@ def _eval_resize(model_config: Mapping[str, Any], run_config: Mapping[str, Any])
 
 def build_card(repo_id: str, model_config: Mapping[str, Any], *, run_config: Mapping[str, Any] | None = None,
                manifest: Manifest | None = None, metrics: Mapping[str, Any] | None = None, split: str = "val",
-               step: int | None = None, world_size: int = 1, steps: int | None = None) -> ModelCard:
-    """The card of a model whose `config.json` is `model_config`, trained with `run_config`."""
+               step: int | None = None, world_size: int = 1, steps: int | None = None,
+               title: str | None = None) -> ModelCard:
+    """The card of a model whose `config.json` is `model_config`, trained with `run_config`.
+
+    `repo_id` is what loads the model (a Hub repo id, or a local path: the usage examples name
+    it); `title` names the model when the last part of `repo_id` would not (a run's `best`)."""
     class_names = dict(model_config.get("class_names") or {})
     dataset_id, description = dataset_of(manifest)
     tasks = list(class_names)
-    name = repo_id.split("/")[-1]
+    name = title or repo_id.split("/")[-1]
     data = ModelCardData(
         library_name="wikiart", pipeline_tag="image-classification", model_name=name,
         tags=list(dict.fromkeys(["wikiart", "painting-classification", "image-classification", "cnn-rnn",
@@ -201,6 +207,18 @@ def build_card(repo_id: str, model_config: Mapping[str, Any], *, run_config: Map
             "## Evaluation", "", METRICS_START, metrics_markdown(metrics or {}, split, step), METRICS_END, "",
             *_usage_section(repo_id, model_config, _eval_resize(model_config, run_config or {})), ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def write_card(folder: str | Path, repo_id: str, **context: Any) -> ModelCard:
+    """build_card's card of the model saved in `folder` (its config.json, and metrics.json when
+    there is one) written to folder/README.md; `context`: build_card's keywords (run config, ...)."""
+    folder = Path(folder)
+    model_config = json.loads((folder / "config.json").read_text())
+    metrics_file = folder / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    card = build_card(repo_id, model_config, metrics=metrics, step=metrics.get("step"), **context)
+    (folder / "README.md").write_text(str(card), encoding="utf-8")
+    return card
 
 
 def update_card_metrics(card: ModelCard, metrics: Mapping[str, Any], split: str = "val",

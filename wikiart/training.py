@@ -26,7 +26,7 @@ from .device_augment import DeviceAugment
 from .device_defaults import apply_device_defaults, resolve_mixed_precision
 from .engine import LoopContext, evaluate
 from .evaluation_checkpoint import record_weights_kind
-from .hub import HubSync, check_hub_config, resolve_hub_resume
+from .hub import HubSync, check_hub_config, resolve_hub_resume, write_run_card
 from .labels import BASE_TASKS, heads_for_task
 from .manifest import Manifest, load_manifest
 from .metrics import headline_metrics
@@ -355,6 +355,7 @@ def _write_best(job: Job, metrics: dict[str, float]) -> None:
             net.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps({"step": job.state.step, **metrics}, indent=1) + "\n")
         record_weights_kind(tmp, "ema" if job.ctx.ema is not None else "model")
+        write_run_card(job, tmp)  # our card, not save_pretrained's placeholder README.md
         ckpt.replace_directory(tmp, job.run_dir / "best")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
