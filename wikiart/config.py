@@ -152,7 +152,7 @@ TRAIN_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "op
                                    "train": TrainConfig, "hub": HubConfig}
 
 # The recipe per task (the defaults above are genre's). Applied before YAML and flags.
-# The seed notebooks' recipes (README "Seed recipe vs options"): artist/genre run 10 epochs of a
+# The seed notebooks' recipes (docs/seed.md, "Seed recipe vs options"): artist/genre run 10 epochs of a
 # T_max=15 cosine; style 20 epochs with the restart at its epoch 7; combined 20 epochs (its
 # notebook assigns unfreeze_epoch = 4 but never uses it).
 TASK_PRESETS: dict[str, dict[str, Any]] = {

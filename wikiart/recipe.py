@@ -1,7 +1,7 @@
 """The recipe decisions of a run, from its config: what is frozen when, the learning-rate
 schedule, and how --batch-size and the learning rates spread over several ranks.
 
-The task presets make these the seed notebooks' (README "Seed recipe vs options"); the
+The task presets make these the seed notebooks' (docs/seed.md, "Seed recipe vs options"); the
 functions here only turn the flags into the objects `wikiart.training` builds the job from.
 """
 
