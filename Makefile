@@ -6,7 +6,7 @@ DEMO := runs/demo
 # torch/torchvision pinned where this project is developed (files on disk); any torch>=2.4 works.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test faults bench gpu-bench gpu-check clean
+.PHONY: demo test test-unit faults bench gpu-bench gpu-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ demo: $(VENV)/.installed
 # SLURM cluster - are built once. Single-threaded torch per test process.
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope
+
+# The fast inner loop (~45 s on 2 cores): the test files that run in-process, no train.py launch,
+# without their `slow` tests. `make test` still runs everything.
+UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,bad_images batch_buffers benchmarks checkpoint config data \
+	engine losses metrics mixing model optim recipe security sources synthetic transforms))
+test-unit: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope -m "not slow" $(UNIT_TESTS)
 
 # The fault suite alone: processes killed mid-step/-checkpoint/-push, dead and hung ranks,
 # corrupt shards, full disks, bad command lines (also part of `make test`).
