@@ -464,3 +464,25 @@ def test_the_combined_intersection_is_the_seeds_inner_joins_of_the_artgan_files(
     logits = {t: np.zeros((5, 3), np.float32) for t in ("artist", "genre", "style")}
     mask = seed_population(manifest, "val", EvalOutputs(val_keys, logits, {t: np.zeros(5, np.int64) for t in logits}))
     assert [k for k, m in zip(val_keys, mask) if m] == [make_key(ARTGAN_IMAGES["E"])]
+
+
+def test_the_census_counts_a_damaged_shard_as_the_loader_reads_it_and_names_a_missing_one(synthetic_shards, tmp_path):
+    """A shard cut short keeps the samples before the damage (as the loader's iter_shard does)
+    instead of failing the run; a shard that is gone is an error naming it."""
+    import shutil
+    from wikiart.data import INTERSECTION
+    from wikiart.label_census import census
+    copy = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, copy)
+    first = load_manifest(copy).shard_paths("val")[0]
+    data = open(first, "rb").read()
+    open(first, "wb").write(data[: len(data) // 2])
+    manifest = load_manifest(copy)
+    labels = [json.loads(raw["json"])["labels"] for path in manifest.shard_paths("val") for raw in iter_shard(path)
+              if "json" in raw]  # a sample cut between its members has no json
+    assert len(labels) < manifest.num_samples("val")  # the cut lost samples
+    complete = sum(1 for lab in labels if all(lab[t] >= 0 for t in ("artist", "genre", "style")))
+    assert census(manifest, "val", INTERSECTION).num_samples == complete
+    os.remove(first)
+    with pytest.raises(FileNotFoundError):
+        census(load_manifest(copy), "val", dataclasses.replace(INTERSECTION, own_split=False))

@@ -164,3 +164,26 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused():
     from wikiart.recipe import resolve_batch_scaling
     with pytest.raises(ValueError, match="--batch-size 64 is the global batch .* over 3 ranks"):
         resolve_batch_scaling(parse_train_config(["--task", "genre"]), 3)
+
+
+def test_a_run_older_than_the_seed_options_resumes_and_evaluates_as_it_ran():
+    """A config.json written before an option existed ran with that option's earlier behaviour:
+    resuming it under other flags is refused in one line; evaluation rebuilds the model it had."""
+    from wikiart.config import TRAIN_SECTIONS, from_dict, parse_train_config
+    from wikiart.recipe import check_resume_recipe, with_earlier_defaults
+    old = {"model": {"backbone": "resnet18"}, "optim": {"lr": 0.001}, "data": {"task": "combined"}}
+    assert from_dict(TRAIN_SECTIONS, with_earlier_defaults(old))["model"].attention_pool == "mlp"
+    now = parse_train_config(["--task", "combined"])
+    with pytest.raises(ValueError, match="--attention-pool mlp --exclude-norm-bias-decay --combined-data union"):
+        check_resume_recipe(now, old, "checkpoint X")
+    same = parse_train_config(["--task", "combined", "--attention-pool", "mlp", "--exclude-norm-bias-decay",
+                               "--combined-data", "union"])
+    check_resume_recipe(same, old, "checkpoint X")  # the flags it ran with: accepted
+    check_resume_recipe(now, None, "checkpoint X")  # no config.json to compare with
+
+
+def test_unfreezing_at_the_first_epoch_restarts_there():
+    from wikiart.optim import FreezePlan
+    model = from_config(ModelConfig(backbone="resnet18", pretrained=False, proj_dim=8, rnn_hidden=8, rnn_layers=1),
+                        {"genre": ["a", "b"]}, 32)
+    assert FreezePlan(model, freeze_stem=True, unfreeze_epoch=0).restart_epoch == 0

@@ -142,3 +142,22 @@ def test_a_checkpoint_from_before_labelled_only_epochs_keeps_its_epoch(synthetic
     text = " ".join(resumed.stdout.split())
     assert "49 steps/epoch" in text and "epochs read every sample" in text  # 399 / 8, as it started
     assert [r["step"] for r in metrics_rows(out, "train")] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_resume_needs_no_imagenet_weights_file(synthetic_shards, tmp_path):
+    """A resumed run's weights come from its checkpoint: on a node whose torch hub cache lacks the
+    ImageNet file (and no network), the run resumes all the same instead of failing to download."""
+    import torchvision
+    weights = tmp_path / "resnet18-weights.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    out = tmp_path / "run"
+    common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--max-steps", "4",
+              "--workers", "0", *[a for a in TINY if a != "--no-pretrained"]]
+    offline = {"TORCH_HOME": str(tmp_path / "empty_cache")}
+    run_train([*common, "--pretrained-path", str(weights), "--stop-at-step", "2"], check=False, env=offline)
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0].step == 2
+    run_train([*common, "--resume", "auto"], env=offline)  # the default --pretrained, nothing cached
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0]
+    assert state.step == 4 and state.finished
+    assert not (tmp_path / "empty_cache" / "hub" / "checkpoints").exists()

@@ -26,7 +26,7 @@ import torchvision
 from torch import nn
 
 from .netprobe import unreachable
-from .ranks import raise_on_every_rank
+from .ranks import raise_any_on_every_rank
 
 # Top-level children that produce the feature map, per model family, in forward order.
 _RESNET_LIKE = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -148,18 +148,19 @@ def _download(url: str, file: Path) -> str | None:
 
 
 def fetch_pretrained(model_cfg: Any, accelerator: Any) -> None:
-    """Before the ranks build the model (ModelConfig `model_cfg`): the main process downloads the
-    ImageNet weights the run starts from when the cache lacks them while the other ranks wait,
-    and its failure is raised on every rank, so none is left waiting at a collective."""
+    """Before the ranks build the model (ModelConfig `model_cfg`): the main process of each node
+    downloads the ImageNet weights the run starts from when its cache lacks them (a node-local
+    cache gets its own copy) while the other ranks wait, and a failure is raised on every rank,
+    so none is left waiting at a collective."""
     if not model_cfg.pretrained or model_cfg.pretrained_path or model_cfg.backbone not in classification_models():
         return  # a local file or random init: nothing to download; a bad name fails in build_backbone
     error = None
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:
         try:
             resolve_weights_file(model_cfg.backbone)
         except PretrainedWeightsError as exc:
             error = exc
-    raise_on_every_rank(accelerator, error)
+    raise_any_on_every_rank(accelerator, error)
 
 
 def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:

@@ -67,6 +67,10 @@ def seeds(*parts: int) -> list[int]:
     return [int(p) & SEED_MASK for p in parts]
 
 
+# What reading a damaged tar can raise (a compressed shard's decompressor raises its own errors).
+SHARD_READ_ERRORS = (tarfile.TarError, ValueError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
 def iter_shard(path: str) -> Iterator[dict]:
     """Raw samples {"__key__", "jpg", "json", ...} of one tar shard in file order.
 
@@ -77,7 +81,7 @@ def iter_shard(path: str) -> Iterator[dict]:
         try:
             with tarfile.open(fileobj=fh, mode="r:*") as tar:
                 yield from group_by_keys(_tar_files(tar, path))
-        except (tarfile.TarError, ValueError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        except SHARD_READ_ERRORS as exc:
             # A compressed shard's decompressor raises its own errors (tarfile's stream mode
             # wrapped them in ReadError; random access does not).
             log.warning("shard %s is damaged, skipping the rest of it: %s", path, exc)

@@ -97,14 +97,15 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
     out = score_split(accelerator, loaded.model, manifest, cfg.split, data_cfg,
                       with_embeddings=cfg.outliers, tta_flip=cfg.tta == "flip")
     class_names = loaded.model.class_names_dict()
+    population = seed_population(manifest, cfg.split, out)
     summary = {**describe_run(cfg, loaded, data_cfg, manifest, out, accelerator.num_processes,
                               accelerator.mixed_precision),
-               **evaluation_metrics(out.logits, out.labels, class_names, seed_population(manifest, cfg.split, out))}
+               **evaluation_metrics(out.logits, out.labels, class_names, population)}
     tables, joint = {}, None
     if cfg.outliers:
         tables = compute_outliers(accelerator, loaded.model, manifest, cfg.split, cfg.centroids, data_cfg,
                                   out, class_names)
-        joint = compute_joint_outliers(out)
+        joint = compute_joint_outliers(out, population)
     if main:  # the other ranks are done: nothing here can make them wait
         write_outputs(Path(cfg.out), cfg, manifest, summary, tables, class_names, joint)
         print_summary(console, summary, cfg.split, cfg.worst)

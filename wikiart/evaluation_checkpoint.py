@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from . import checkpoint as ckpt
 from .config import TRAIN_SECTIONS, DataConfig, check_eval_resize, from_dict
 from .model import CNNRNNClassifier
+from .recipe import with_earlier_defaults
 
 RUN_CONFIG = "config.json"  # the resolved training config at the top of a run directory
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -169,7 +170,7 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
     if data is None:
         raise ckpt.CheckpointError(f"training checkpoint {path}: its run's {RUN_CONFIG} is missing or "
                                    f"unreadable at {run_dir / RUN_CONFIG}")
-    cfg = from_dict(TRAIN_SECTIONS, data)
+    cfg = from_dict(TRAIN_SECTIONS, with_earlier_defaults(data))  # a run older than some options
     try:
         state = json.loads((path / "state.json").read_text())
         # Only the weights and extra.pt: the optimizer state (2x the model) is not needed here.

@@ -78,10 +78,11 @@ def compute_outliers(accelerator: Accelerator, model: torch.nn.Module, manifest:
             for t in num_classes}
 
 
-def compute_joint_outliers(out: EvalOutputs) -> JointOutlierTable | None:
-    """The joint ranking of a model with several heads (None for one head): the gathered logits of
-    the scored split, softmaxed (no embeddings or centroids needed)."""
-    return joint_outlier_table(out.keys, out.labels, out.logits) if len(out.logits) > 1 else None
+def compute_joint_outliers(out: EvalOutputs, population: np.ndarray | None = None) -> JointOutlierTable | None:
+    """The joint ranking of a model with several heads (None for one head) over the paintings of
+    `population` labelled for every head: the gathered logits, softmaxed (no embeddings or
+    centroids needed)."""
+    return joint_outlier_table(out.keys, out.labels, out.logits, population) if len(out.logits) > 1 else None
 
 
 def read_sources_and_images(paths: Iterable[str], wanted: set[str]) -> tuple[dict[str, str], dict[str, bytes]]:

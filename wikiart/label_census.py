@@ -20,7 +20,7 @@ import json
 import tarfile
 from typing import Iterator, Mapping, Sequence
 
-from .data_stream import foreign_tasks
+from .data_stream import SHARD_READ_ERRORS, foreign_tasks, log
 from .labels import MISSING
 from .manifest import Manifest
 
@@ -47,35 +47,43 @@ class Census:
     keys: frozenset[str] = frozenset()
 
 
-def shard_labels(path: str) -> Iterator[tuple[str, dict[str, int], tuple[str, ...]]]:
-    """(key, labels, foreign tasks) of every sample of one shard, in file order; damaged members
-    are left out (the loaders skip and count those samples too)."""
-    with tarfile.open(path, mode="r:*") as tar:
-        while (info := tar.next()) is not None:
-            if info.isreg() and info.name.endswith(".json"):
-                try:
-                    meta = json.loads(tar.extractfile(info).read())
-                    labels = {t: int(v) for t, v in meta["labels"].items()}
-                    yield info.name[:-len(".json")], labels, foreign_tasks(meta)
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    pass
-            tar.members.clear()  # keeps memory flat on long shards
+def shard_labels(path: str, size: int) -> Iterator[tuple[str, dict[str, int], tuple[str, ...]]]:
+    """(key, labels, foreign tasks) of the first `size` samples of one shard (the manifest's
+    count: the loaders read no further), in file order. As the loaders do, a sample with bad json
+    is left out and a shard that breaks part-way keeps the samples read before the damage."""
+    with open(path, "rb") as fh:  # a missing shard is an error naming it, as in the loaders
+        try:
+            with tarfile.open(fileobj=fh, mode="r:*") as tar:
+                while size > 0 and (info := tar.next()) is not None:
+                    if info.isreg() and info.name.endswith(".json"):
+                        size -= 1
+                        try:
+                            meta = json.loads(tar.extractfile(info).read())
+                            labels = {t: int(v) for t, v in meta["labels"].items()}
+                        except (ValueError, KeyError, TypeError, AttributeError):
+                            continue
+                        yield info.name[:-len(".json")], labels, foreign_tasks(meta)
+                    tar.members.clear()  # keeps memory flat on long shards
+        except SHARD_READ_ERRORS as exc:
+            log.warning("shard %s is damaged, counting the samples before the damage: %s", path, exc)
 
 
 def census(manifest: Manifest, split: str, keep: LabelFilter) -> Census:
     """Count the `split` paintings `keep` reads, per task of it and class (cached per process)."""
     paths = tuple(manifest.shard_paths(split))
+    sizes = tuple(s.num_samples for s in manifest.split(split).shards)
     num_classes = tuple(manifest.num_classes(t) for t in keep.tasks)
-    return _census(paths, keep, num_classes)
+    return _census(paths, sizes, keep, num_classes)
 
 
 @functools.lru_cache(maxsize=16)
-def _census(paths: tuple[str, ...], keep: LabelFilter, num_classes: tuple[int, ...]) -> Census:
+def _census(paths: tuple[str, ...], sizes: tuple[int, ...], keep: LabelFilter,
+            num_classes: tuple[int, ...]) -> Census:
     tasks = keep.tasks
     counts = {t: [0] * n for t, n in zip(tasks, num_classes)}
     keys = []
-    for path in paths:
-        for key, labels, foreign in shard_labels(path):
+    for path, size in zip(paths, sizes):
+        for key, labels, foreign in shard_labels(path, size):
             values = [labels.get(t, MISSING) for t in tasks]
             if not keep(labels, foreign) or any(not 0 <= v < n for v, n in zip(values, num_classes)):
                 continue

@@ -191,7 +191,7 @@ def fit(job: Job) -> dict[str, Any]:
         return metrics
     if state.finished:  # --max-steps or --epochs raised: train on, under the longer schedule
         job.logger.print(f"run in {job.run_dir} finished at step {state.step}; training on to step "
-                         f"{job.ctx.total_steps}, on the learning-rate schedule of that many steps")
+                         f"{job.ctx.total_steps}, on the learning-rate schedule of the longer run")
         state.finished = False
     with job.logger:
         job.logger.restart_clock(state.step)

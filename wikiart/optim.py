@@ -153,7 +153,7 @@ class FreezePlan:
     @property
     def restart_epoch(self) -> int | None:
         """The epoch whose start rebuilds the optimizer and restarts the cosine (None: never)."""
-        return self.unfreeze_epoch if self.unfreeze_epoch else None
+        return self.unfreeze_epoch
 
     def frozen_modules(self, epoch: int, model: nn.Module | None = None) -> list[nn.Module]:
         model = self.model if model is None else model

@@ -150,17 +150,18 @@ class JointOutlierTable:
         return out
 
 
-def joint_outlier_table(keys: list[str], labels: dict[str, np.ndarray],
-                        logits: dict[str, np.ndarray]) -> JointOutlierTable:
+def joint_outlier_table(keys: list[str], labels: dict[str, np.ndarray], logits: dict[str, np.ndarray],
+                        population: np.ndarray | None = None) -> JointOutlierTable:
     """The seed's combined outlier ranking over the paintings labelled for every head:
     `combined_outlier_score` = mean over heads of (1 - probability of the true class), ties by
     `mismatch_count` (heads that predict another class), both descending, then by key.
 
     Deliberate fix: the probabilities are the model's own (softmax of its real logits). The seed
     applies the heads to L2-normalised features instead, which gives near-uniform "probabilities"
-    (true-class values of about 0.04-0.10) unrelated to the model's predictions.
+    (true-class values of about 0.04-0.10) unrelated to the model's predictions. `population`
+    narrows the paintings further, as for the joint metrics (evaluation.seed_population).
     """
-    rows = joint_rows(labels)
+    rows = joint_rows(labels) if population is None else joint_rows(labels) & population
     kept = [k for k, m in zip(keys, rows) if m]
     idx = np.arange(len(kept))
     y = {t: labels[t][rows] for t in logits}

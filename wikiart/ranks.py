@@ -20,3 +20,14 @@ def raise_on_every_rank(accelerator: Any, error: BaseException | None) -> None:
         error = broadcast_object_list([error if accelerator.is_main_process else None])[0]
     if error is not None:
         raise error
+
+
+def raise_any_on_every_rank(accelerator: Any, error: BaseException | None) -> None:
+    """For work done on several ranks (one per node): every rank raises the first error that any
+    rank saw, or none does. A collective, so also the barrier after that work."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+        errors = [e for e in gather_object([error]) if e is not None]
+        error = errors[0] if errors else None
+    if error is not None:
+        raise error

@@ -69,3 +69,40 @@ def resolve_batch_scaling(cfg: dict[str, Any], world: int) -> tuple[dict[str, An
     cfg = {**cfg, "data": dataclasses.replace(data, batch_size=batch, batch_scaling="per-rank"),
            "optim": dataclasses.replace(optim_cfg, lr=optim_cfg.lr * scale, backbone_lr=optim_cfg.backbone_lr * scale)}
     return cfg, line
+
+
+# What a run whose config.json predates an option ran with: that option's earlier behaviour.
+EARLIER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"attention_pool": "mlp"},
+    "optim": {"exclude_norm_bias_decay": True, "schedule": "step", "mix_partner": "flip"},
+    "data": {"combined_data": "union", "erasing_fill": "uniform"},
+}
+# The flags a resume must keep: they decide the model's parameters, the optimizer's groups and
+# the data position the checkpoint's counters point into.
+FIXED_AT_RESUME = (("model", "attention_pool"), ("optim", "exclude_norm_bias_decay"), ("data", "combined_data"))
+
+
+def with_earlier_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config.json with the options it predates filled in as they then behaved."""
+    return {sec: {**EARLIER_DEFAULTS.get(sec, {}), **values} if isinstance(values, dict) else values
+            for sec, values in saved.items()}
+
+
+def _flag(name: str, value: Any) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else flag.replace("--", "--no-", 1)
+    return f"{flag} {value}"
+
+
+def check_resume_recipe(cfg: dict[str, Any], saved: dict[str, Any] | None, where: str) -> None:
+    """Refuse, in one line, to resume a run under flags that change what its checkpoint means."""
+    if saved is None:
+        return
+    saved = with_earlier_defaults(saved)
+    differ = [_flag(name, saved[sec][name]) for sec, name in FIXED_AT_RESUME
+              if isinstance(saved.get(sec), dict) and saved[sec].get(name, getattr(cfg[sec], name))
+              != getattr(cfg[sec], name)]
+    if differ:
+        raise ValueError(f"{where} was trained with {' '.join(differ)}; resume it with the same (they decide the "
+                         f"model's parameters, the optimizer's groups and the data position)")

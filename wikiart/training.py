@@ -33,7 +33,7 @@ from .metrics import headline_metrics
 from .mixing import Mixer
 from .model import CNNRNNClassifier, from_config
 from .optim import HYPERPARAMETERS, ModelEMA, build_optimizer, restore_hyperparameters
-from .recipe import freeze_plan_for, resolve_batch_scaling, schedule_for, starts_pretrained
+from .recipe import check_resume_recipe, freeze_plan_for, resolve_batch_scaling, schedule_for, starts_pretrained
 from .preemption import STOPPED_MARKER
 from .ranks import raise_on_every_rank
 from .runlog import RunLogger
@@ -119,6 +119,10 @@ def check_manifest_for_task(manifest: Manifest, task: str) -> tuple[str, ...]:
     return heads
 
 
+def without_imagenet_weights(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {**cfg, "model": dataclasses.replace(cfg["model"], pretrained=False, pretrained_path=None)}
+
+
 def build_model(cfg: dict[str, Any], manifest: Manifest, heads: tuple[str, ...]) -> CNNRNNClassifier:
     torch.manual_seed(cfg["train"].seed)  # identical init on every rank
     class_names = {t: manifest.class_names(t) for t in heads}
@@ -198,8 +202,12 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     manifest = load_manifest(data.shards)
     heads = check_manifest_for_task(manifest, data.task)
     run_dir = check_run_dir(cfg, accelerator)
-    fetch_pretrained(cfg["model"], accelerator)  # main rank downloads missing ImageNet weights
-    model = build_model(cfg, manifest, heads)
+    # A resumed run's weights come from its checkpoint: it needs no ImageNet file (an offline node
+    # without the cache resumes all the same), and the freeze plan still follows the run's flags.
+    resumes = train.resume not in (None, "hub") and ckpt.resolve_resume(train.resume, run_dir) is not None
+    if not resumes:
+        fetch_pretrained(cfg["model"], accelerator)  # each node's main rank downloads missing weights
+    model = build_model(without_imagenet_weights(cfg) if resumes else cfg, manifest, heads)
     optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
     ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
     state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator)
@@ -250,6 +258,9 @@ def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path,
         lines.append("freezing not applied (--unfreeze-epoch, --freeze-backbone-epochs): the backbone starts "
                      "from random weights and trains from the first step, on one cosine (freezing applies to "
                      "pretrained weights)")
+    elif optim_cfg.unfreeze_epoch and not optim_cfg.freeze_stem:
+        lines.append(f"--unfreeze-epoch {optim_cfg.unfreeze_epoch} not applied: with --no-freeze-stem nothing is "
+                     f"frozen to unfreeze (no AdamW rebuild, one cosine)")
     if intersection_only(cfg["data"]):
         lines.append("combined on the intersection: only the paintings with all three labels train and "
                      "validate (the seed's; --combined-data union for every painting)")
@@ -263,6 +274,7 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
     path = ckpt.resolve_resume(resolve_hub_resume(cfg, run_dir, accelerator), run_dir)  # hub -> auto
     if path is None:
         return ckpt.TrainState(labelled_epochs=True), {}
+    check_resume_recipe(cfg, _saved_config(path.parent.parent), f"checkpoint {path}")
     state, model_state, optimizer_state, extra = ckpt.load_checkpoint(path)
     check_class_names(extra.get("class_names", {}), manifest, f"checkpoint {path}", heads=heads)
     chosen = [{k: group[k] for k in HYPERPARAMETERS} for group in optimizer.param_groups]
@@ -291,6 +303,14 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
             print(f"the checkpoint's run had other hyperparameters ({'; '.join(changed)}); "
                   f"this command line's are used from here on", flush=True)
     return state, extra
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config.json of the run a checkpoint belongs to (None when absent or unreadable)."""
+    try:
+        return json.loads((run_dir / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def check_data_layout(state: ckpt.TrainState, path: Path, world_size: int, batch_size: int, grad_accum: int) -> None:
