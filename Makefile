@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 .venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m wikiart.demo --out $(DEMO)
+	$(PY) -m wikiart.cli.demo --out $(DEMO)
 
 # Tests run in parallel (one worker per core, at most 4), a module per worker at a time
 # (`loadscope`), so module- and session-scoped fixtures - trained reference runs, the throwaway
@@ -28,7 +28,7 @@ test: $(VENV)/.installed
 
 # The fast inner loop (~45 s on 2 cores): the test files that run in-process, no train.py launch,
 # without their `slow` tests. `make test` still runs everything.
-UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,bad_images batch_buffers benchmarks checkpoint config data \
+UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,bad_images batch_buffers benchmarks checkpoint config data layers \
 	engine losses metrics mixing model optim recipe security sources synthetic transforms))
 test-unit: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope -m "not slow" $(UNIT_TESTS)

@@ -6,7 +6,7 @@
 
 import sys
 
-from wikiart.evaluation import main
+from wikiart.evaluate.run import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

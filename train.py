@@ -10,13 +10,13 @@ Exit codes: 0 finished, 75 stopped by a signal / stop file with the state saved 
 
 import sys
 
-from wikiart.backbones import PretrainedWeightsError
-from wikiart.cli import run_cli
-from wikiart.config import parse_train_config
-from wikiart.engine import NonFiniteLossError
-from wikiart.faults import CollectiveError, collective_failures
-from wikiart.loop import train
-from wikiart.training import RunDirError
+from wikiart.model.backbones import PretrainedWeightsError
+from wikiart.runtime.errors import run_cli
+from wikiart.config.options import parse_train_config
+from wikiart.train.engine import NonFiniteLossError
+from wikiart.runtime.faults import CollectiveError, collective_failures
+from wikiart.train.loop import train
+from wikiart.train.setup import RunDirError
 
 
 def main() -> int:

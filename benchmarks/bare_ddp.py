@@ -35,9 +35,9 @@ def _free_port() -> int:
 def _rank(rank: int, world: int, port: int, shards: str, batch_size: int, image_size: int, connected: bool,
           start_together, results) -> None:
     from benchmarks.loop_overhead import BareLoop, make_batches
-    from wikiart.config import parse_train_config
-    from wikiart.manifest import load_manifest
-    from wikiart.training import build_model
+    from wikiart.config.options import parse_train_config
+    from wikiart.formats.manifest import load_manifest
+    from wikiart.train.setup import build_model
 
     torch.set_num_threads(1)
     distributed = world > 1 and connected
@@ -84,7 +84,7 @@ def bare_ddp_rate(world: int, shards: Path, batch_size: int = 16, image_size: in
 def main(argv: list[str] | None = None) -> float:
     import tempfile
 
-    from wikiart.synthetic import build_synthetic_shards
+    from wikiart.prep.synthetic import build_synthetic_shards
 
     with tempfile.TemporaryDirectory() as tmp:
         build_synthetic_shards(Path(tmp) / "s", n=100, short_side=64, max_side=96, workers=0)

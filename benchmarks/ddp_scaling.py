@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bare_ddp import bare_ddp_rate
-from wikiart.synthetic import build_synthetic_shards
+from wikiart.prep.synthetic import build_synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 

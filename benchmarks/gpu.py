@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from wikiart.config import parse_train_config
-from wikiart.data import build_train_data
-from wikiart.device_defaults import usable_cores
-from wikiart.engine import train_one_epoch
-from wikiart.loop import StepHooks, stop_request_for
-from wikiart.manifest import load_manifest
-from wikiart.synthetic import build_synthetic_shards
-from wikiart.training import build_model, compile_model, setup_job
+from wikiart.config.options import parse_train_config
+from wikiart.data.loader import build_train_data
+from wikiart.runtime.device import usable_cores
+from wikiart.train.engine import train_one_epoch
+from wikiart.train.loop import StepHooks, stop_request_for
+from wikiart.formats.manifest import load_manifest
+from wikiart.prep.synthetic import build_synthetic_shards
+from wikiart.train.setup import build_model, compile_model, setup_job
 
 SMOKE = {"steps": 6, "log_every": 1, "warmup": 2, "batch_size": 8, "image_size": 64, "backbone": "resnet18"}
 

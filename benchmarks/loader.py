@@ -9,7 +9,7 @@ Both through a DataLoader with the same number of workers (default 1: "per core"
 Our loader hands uint8 batches to the device stage (jitter, erasing, normalisation); on a
 CPU-only machine that runs in the main process, so a row with it included is shown too.
 Ours is consumed as the training step consumes it: each batch handed back once used, so the
-worker reuses its buffers (`wikiart.batch_buffers`); a row with every batch kept instead (a
+worker reuses its buffers (`wikiart.data.buffers`); a row with every batch kept instead (a
 fresh shared-memory buffer per batch) shows what that saves, the two taking turns.
 
 Memory: peak RSS of a loader worker reading the shards once (1x) and ten times (10x: the
@@ -36,13 +36,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.shard_build import write_dataset, write_originals
-from wikiart.batch_buffers import release_batch
-from wikiart.config import DataConfig
-from wikiart.data import build_train_data
-from wikiart.device_augment import DeviceAugment
-from wikiart.manifest import load_manifest
-from wikiart.shards import build_shards, parse_build_config
-from wikiart.transforms import ERASING_RATIO, ERASING_SCALE, IMAGENET_MEAN, IMAGENET_STD
+from wikiart.data.buffers import release_batch
+from wikiart.config.options import DataConfig
+from wikiart.data.loader import build_train_data
+from wikiart.data.device import DeviceAugment
+from wikiart.formats.manifest import load_manifest
+from wikiart.prep.build import build_shards, parse_build_config
+from wikiart.data.transforms import ERASING_RATIO, ERASING_SCALE, IMAGENET_MEAN, IMAGENET_STD
 
 CFG = DataConfig(task="genre", image_size=384, batch_size=16, shuffle_buffer=64, balance="none")
 

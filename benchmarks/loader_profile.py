@@ -4,8 +4,8 @@
 PIL crop+resize, PIL flip, colour jitter as one PIL matrix `convert` (+ ImageStat mean),
 RandomErasing + normalisation in one numpy float pass, float collation. "After" is the current
 one: simplejpeg decode, torch uint8 antialiased crop+resize, flip and parameter draws, uint8
-collation into a reused buffer (`wikiart.batch_buffers`); jitter, erasing and normalisation run batched on the training device
-(`wikiart.device_augment`), timed here on the CPU per batch and reported per sample.
+collation into a reused buffer (`wikiart.data.buffers`); jitter, erasing and normalisation run batched on the training device
+(`wikiart.data.device`), timed here on the CPU per batch and reported per sample.
 
 The same images are also written into a tar shard, and reading + checking them is timed: before,
 webdataset's stream-mode tar iterator and a PIL header check; after, the loader's own
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageStat
 
-from wikiart.batch_buffers import BatchBuffers, release_batch
-from wikiart.config import DataConfig
-from wikiart.data_stream import collate, decode_image, iter_shard, parse_sample
-from wikiart.device_augment import DeviceAugment
-from wikiart.transforms import (IMAGENET_MEAN, IMAGENET_STD, as_chw, build_train_transform, erasing_box,
+from wikiart.data.buffers import BatchBuffers, release_batch
+from wikiart.config.options import DataConfig
+from wikiart.data.stream import collate, decode_image, iter_shard, parse_sample
+from wikiart.data.device import DeviceAugment
+from wikiart.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, as_chw, build_train_transform, erasing_box,
                                 jitter_params, make_generator, resize_uint8, rrc_params, to_hwc)
 
 _SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD, dtype=np.float32)))[:, None, None]

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wikiart.config import parse_train_config
-from wikiart.device_augment import Normalizer
-from wikiart.engine import train_one_epoch
-from wikiart.loop import StepHooks, stop_request_for
-from wikiart.synthetic import build_synthetic_shards
-from wikiart.training import build_model, setup_job
+from wikiart.config.options import parse_train_config
+from wikiart.data.device import Normalizer
+from wikiart.train.engine import train_one_epoch
+from wikiart.train.loop import StepHooks, stop_request_for
+from wikiart.prep.synthetic import build_synthetic_shards
+from wikiart.train.setup import build_model, setup_job
 
 
 def make_batches(n: int, batch: int, size: int, num_classes: int) -> list[dict]:

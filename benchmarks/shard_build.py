@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wikiart.labels import ARTGAN_GENRES
-from wikiart.synthetic import GENRE_NAMES, make_painting
+from wikiart.formats.labels import ARTGAN_GENRES
+from wikiart.prep.synthetic import GENRE_NAMES, make_painting
 
 
 def write_originals(root: Path, count: int, seed: int = 0, min_long_side: int = 1000) -> list[tuple[str, int]]:
@@ -79,7 +79,7 @@ def peak_rss_mb() -> float:
 
 def measure(images: str, csvs: str, out: str, workers: int, short_side: int) -> None:
     """Child-process mode: build once, print seconds and peak RSS as JSON."""
-    from wikiart.shards import build_shards, parse_build_config
+    from wikiart.prep.build import build_shards, parse_build_config
 
     start = time.perf_counter()
     manifest = build_shards(parse_build_config(

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of ~400 train + ~100 val synthetic samples (short side <= 64 px, long side <= 96),
     8 train and 4 val shards, with manifest.json. Built once per session, in-process (~2 s)."""
-    from wikiart.synthetic import build_synthetic_shards
+    from wikiart.prep.synthetic import build_synthetic_shards
 
     out = tmp_path_factory.mktemp("synthetic_shards")
     manifest = build_synthetic_shards(out, n=500, short_side=64, seed=0, max_side=96, val_frac=0.2,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from wikiart.config import parse_train_config
-from wikiart.loop import StepHooks, fit
-from wikiart.training import setup_job
+from wikiart.config.options import parse_train_config
+from wikiart.train.loop import StepHooks, fit
+from wikiart.train.setup import setup_job
 
 LOSSES: dict[int, float] = {}  # this rank's training loss per optimizer step
 TASK_LOSSES: dict[int, tuple[list[float], list[float]]] = {}  # per step: per-head loss sums, labelled rows

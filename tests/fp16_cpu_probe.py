@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from wikiart import training
+from wikiart.train import setup as training
 
 _make_accelerator = training.make_accelerator
 _build_optimizer = training.build_optimizer

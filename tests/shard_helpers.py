@@ -15,7 +15,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from wikiart.manifest import Manifest, ShardInfo, SplitInfo, load_manifest, sha256_file
+from wikiart.formats.manifest import Manifest, ShardInfo, SplitInfo, load_manifest, sha256_file
 
 CLASSES = {"artist": ["a0", "a1", "a2"], "genre": ["g0", "g1", "g2", "g3"],
            "style": ["s0", "s1", "s2", "s3", "s4"]}

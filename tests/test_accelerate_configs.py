@@ -30,8 +30,8 @@ EXPECTED = {
 PROBE = """
 import json, sys
 import torch
-from wikiart.config import parse_train_config
-from wikiart.training import build_accelerator
+from wikiart.config.options import parse_train_config
+from wikiart.train.setup import build_accelerator
 
 cfg = parse_train_config(["--task", "genre", "--shards", "unused", "--out", sys.argv[1]])
 acc = build_accelerator(cfg)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wikiart.images import ImageDecodeError, decode_image, decode_rgb
-from wikiart.shards import build_shards, parse_build_config
-from wikiart.shards_io import iter_shard_samples
+from wikiart.formats.images import ImageDecodeError, decode_image, decode_rgb
+from wikiart.prep.build import build_shards, parse_build_config
+from wikiart.formats.shard import iter_shard_samples
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

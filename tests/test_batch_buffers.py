@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from shard_helpers import make_shards
-from wikiart.batch_buffers import (INLINE_TENSOR_BYTES, SLOTS_PER_READER, BatchBuffers, release_batch,
+from wikiart.data.buffers import (INLINE_TENSOR_BYTES, SLOTS_PER_READER, BatchBuffers, release_batch,
                                   send_small_tensors_inline)
-from wikiart.config import DataConfig
-from wikiart.data import build_eval_data, build_train_data
-from wikiart.device_augment import DeviceAugment
-from wikiart.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wikiart.config.options import DataConfig
+from wikiart.data.loader import build_eval_data, build_train_data
+from wikiart.data.device import DeviceAugment
+from wikiart.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 

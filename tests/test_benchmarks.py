@@ -8,7 +8,7 @@ import torch
 
 from benchmarks import gpu, loader_profile
 from benchmarks.loader import bench_shard_images
-from wikiart.config import DataConfig
+from wikiart.config.options import DataConfig
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from wikiart import checkpoint as ckpt
+from wikiart.formats import checkpoint as ckpt
 
 
 def _save(run, step, keep=2, value=1.0):

@@ -153,7 +153,7 @@ SUBPROCESS_ROWS = {"train-resume-other-classes", "evaluate-checkpoint-other-task
 
 
 def tiny_model(class_names: dict[str, list[str]]):
-    from wikiart.model import CNNRNNClassifier
+    from wikiart.model.classifier import CNNRNNClassifier
     return CNNRNNClassifier(backbone="resnet18", class_names=class_names, proj_dim=8, rnn_hidden=8,
                             rnn_layers=1, image_size=32)
 
@@ -181,7 +181,7 @@ def inputs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """Every input the table refers to, by name (built once, ~2 s). Nothing here may change."""
     from PIL import Image
 
-    from wikiart import checkpoint as ckpt
+    from wikiart.formats import checkpoint as ckpt
 
     root = tmp_path_factory.mktemp("bad_inputs")
     manifest = json.loads((synthetic_shards / "manifest.json").read_text())
@@ -251,10 +251,10 @@ def run_in_process(command: str, argv: list[str]) -> tuple[int, str]:
                 runpy.run_path(str(ROOT / command), run_name="__main__")   # ends in sys.exit(...)
                 code = 0
             elif command == "wikiart-build-shards":
-                from wikiart.shards import main
+                from wikiart.prep.build import main
                 code = main(argv)
             else:
-                from wikiart.predict import main
+                from wikiart.evaluate.predict import main
                 code = main(argv)
         except SystemExit as exc:
             code = exc.code
@@ -271,7 +271,7 @@ def command_line(command: str) -> list[str]:
     script = Path(sys.executable).parent / command   # the installed console script
     if script.is_file():
         return [str(script)]
-    module = {"wikiart-build-shards": "wikiart.shards", "wikiart-predict": "wikiart.predict"}[command]
+    module = {"wikiart-build-shards": "wikiart.prep.build", "wikiart-predict": "wikiart.evaluate.predict"}[command]
     return [sys.executable, "-m", module]
 
 
@@ -336,8 +336,8 @@ def test_bad_input_is_one_clear_line_nonzero_exit_and_no_output(row_id, command,
 
 
 def test_missing_images_with_allow_missing_build_from_the_rest_and_record_the_skips(inputs, tmp_path):
-    from wikiart.manifest import load_manifest
-    from wikiart.shards import main
+    from wikiart.formats.manifest import load_manifest
+    from wikiart.prep.build import main
 
     out = tmp_path / "shards"
     argv = ["--images-root", inputs["missing_images"], "--csv-dir", inputs["missing_csvs"], "--out", str(out),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from wikiart.config import (TRAIN_SECTIONS, ConfigError, from_dict, load_yaml,
+from wikiart.config.options import (TRAIN_SECTIONS, ConfigError, from_dict, load_yaml,
                             parse_train_config, to_dict)
 
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from test_train import (TINY, all_finite, check_the_scaler_skipped_the_nan_step, metrics_rows, run_train,
                         train_fp16_with_a_nan_batch)
-from wikiart import checkpoint as ckpt
-from wikiart.device_augment import DeviceAugment
+from wikiart.formats import checkpoint as ckpt
+from wikiart.data.device import DeviceAugment
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from shard_helpers import CLASSES, make_shards, split_keys
-from wikiart.config import DataConfig
-from wikiart.data import balance_task_for, build_eval_data, build_train_data, train_samples_for
-from wikiart.data_stream import (CorruptSample, Sample, balance_weights, balanced, check_image_bytes,
+from wikiart.config.options import DataConfig
+from wikiart.data.loader import balance_task_for, build_eval_data, build_train_data, train_samples_for
+from wikiart.data.stream import (CorruptSample, Sample, balance_weights, balanced, check_image_bytes,
                                  class_weigher, decode_image, iter_shard)
-from wikiart.manifest import ManifestError, load_manifest
-from wikiart.transforms import AUG_SIZE
+from wikiart.formats.manifest import ManifestError, load_manifest
+from wikiart.data.transforms import AUG_SIZE
 
 # 3 workers on a 2-core machine is deliberate here.
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -237,7 +237,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
     keys = keys_of(info.loader)
     assert sorted(keys) == sorted(set(split_keys(manifest, "val")) - bad)
     assert info.corrupt.count == 3  # counted across worker processes
-    with caplog.at_level(logging.WARNING, logger="wikiart.data"):
+    with caplog.at_level(logging.WARNING, logger="wikiart.data.loader"):
         info, batches = train_epoch(manifest, config(), world=1)
     assert len(batches) == info.num_batches == 5 and all(len(b["key"]) == 8 for b in batches)
     assert not {f"train{i:05d}" for i in CORRUPT} & set(keys_of(batches))
@@ -374,7 +374,7 @@ def test_damaged_compressed_shard_keeps_the_samples_before_the_damage(tmp_path, 
     else:
         data[len(data) // 2: len(data) // 2 + 300] = bytes(300)
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="wikiart.data"):
+    with caplog.at_level(logging.WARNING, logger="wikiart.data.loader"):
         samples = list(iter_shard(str(path)))
     # bzip2 compresses in 900 kB blocks: this whole shard is one, and any damage loses all of it.
     least = 0 if mode == "w:bz2" else 6
@@ -384,9 +384,9 @@ def test_damaged_compressed_shard_keeps_the_samples_before_the_damage(tmp_path, 
 
 
 def test_the_combined_intersection_counts_only_paintings_with_all_three_labels(synthetic_shards):
-    from wikiart.data import INTERSECTION, eval_samples_for
-    from wikiart.data_stream import iter_shard
-    from wikiart.label_census import census
+    from wikiart.data.loader import INTERSECTION, eval_samples_for
+    from wikiart.data.stream import iter_shard
+    from wikiart.data.census import census
     manifest = load_manifest(synthetic_shards)
     for split in ("train", "val"):
         labels = [json.loads(raw["json"])["labels"] for path in manifest.shard_paths(split)
@@ -411,7 +411,7 @@ def test_the_intersection_streams_read_only_fully_labelled_paintings(synthetic_s
                      balance="inverse")
     batch = next(iter(build_train_data(manifest, cfg, rank=0, world_size=1, epoch=0, seed=0).loader))
     assert all((batch["labels"][t] >= 0).all() for t in ("artist", "genre", "style"))
-    from wikiart.data import eval_filter, eval_samples_for
+    from wikiart.data.loader import eval_filter, eval_samples_for
     keys = [k for b in build_eval_data(manifest, "val", cfg, rank=0, world_size=1,
                                        keep=eval_filter(cfg)).loader for k in b["key"]]
     assert len(keys) == len(set(keys)) == eval_samples_for(manifest, "val", cfg)
@@ -419,7 +419,7 @@ def test_the_intersection_streams_read_only_fully_labelled_paintings(synthetic_s
 
 def test_the_seed_combined_sampler_weighs_the_mean_of_three_inverse_frequencies():
     """WeightedRandomSampler(w_i = mean_t 1/n_t(label_t), N draws): expected count N w_i / sum w."""
-    from wikiart.data_stream import mean_class_weigher
+    from wikiart.data.stream import mean_class_weigher
     rows = [{"artist": a, "genre": g, "style": s} for a, g, s in
             [(0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1), (1, 0, 2), (0, 1, 2), (2, 1, 0)]]
     counts = {t: np.bincount([r[t] for r in rows]).tolist() for t in ("artist", "genre", "style")}
@@ -431,7 +431,7 @@ def test_the_seed_combined_sampler_weighs_the_mean_of_three_inverse_frequencies(
     import pickle  # loader workers started by spawn or forkserver unpickle it
     assert [pickle.loads(pickle.dumps(weigh))(r) for r in rows] == [weigh(r) for r in rows]
     with pytest.raises(ValueError, match="--combined-data intersection"):
-        from wikiart.data import balance_weigher
+        from wikiart.data.loader import balance_weigher
         balance_weigher(None, DataConfig(task="combined", combined_data="union", balance="inverse",
                                          balance_task="all"))
 
@@ -440,10 +440,10 @@ def test_the_combined_intersection_is_the_seeds_inner_joins_of_the_artgan_files(
     """The seed inner-joins the three train files and the three val files apart; B, C and D (val
     in one task, train in another) carry three labels in our val split but are in neither join."""
     from conftest import ARTGAN_IMAGES, ARTGAN_ROWS
-    from wikiart.data import INTERSECTION
-    from wikiart.label_census import census
-    from wikiart.shards import build_shards, parse_build_config
-    from wikiart.sources import make_key
+    from wikiart.data.loader import INTERSECTION
+    from wikiart.data.census import census
+    from wikiart.prep.build import build_shards, parse_build_config
+    from wikiart.prep.sources import make_key
     images, csvs = artgan
     out = tmp_path / "shards"
     manifest = build_shards(parse_build_config(["--out", str(out), "--images-root", str(images), "--csv-dir",
@@ -458,8 +458,8 @@ def test_the_combined_intersection_is_the_seeds_inner_joins_of_the_artgan_files(
     assert census(manifest, "val", INTERSECTION).num_samples == 1  # E; B, C, D have a train-file label
     assert census(manifest, "val", dataclasses.replace(INTERSECTION, own_split=False)).num_samples == 4
     # evaluate.py's joint numbers of a combined model cover the same population
-    from wikiart.engine import EvalOutputs
-    from wikiart.evaluation import seed_population
+    from wikiart.evaluate.score import EvalOutputs
+    from wikiart.evaluate.run import seed_population
     val_keys = sorted(make_key(ARTGAN_IMAGES[k]) for k in "BCDEH")
     logits = {t: np.zeros((5, 3), np.float32) for t in ("artist", "genre", "style")}
     mask = seed_population(manifest, "val", EvalOutputs(val_keys, logits, {t: np.zeros(5, np.int64) for t in logits}))
@@ -470,8 +470,8 @@ def test_the_census_counts_a_damaged_shard_as_the_loader_reads_it_and_names_a_mi
     """A shard cut short keeps the samples before the damage (as the loader's iter_shard does)
     instead of failing the run; a shard that is gone is an error naming it."""
     import shutil
-    from wikiart.data import INTERSECTION
-    from wikiart.label_census import census
+    from wikiart.data.loader import INTERSECTION
+    from wikiart.data.census import census
     copy = tmp_path / "shards"
     shutil.copytree(synthetic_shards, copy)
     first = load_manifest(copy).shard_paths("val")[0]

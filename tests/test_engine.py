@@ -1,4 +1,4 @@
-"""engine.evaluate in-process: module modes survive evaluation, counts are checked."""
+"""evaluate.score.evaluate in-process: module modes survive evaluation, counts are checked."""
 
 import warnings
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from wikiart.config import ModelConfig
-from wikiart.engine import evaluate
-from wikiart.model import from_config
+from wikiart.config.options import ModelConfig
+from wikiart.evaluate.score import evaluate
+from wikiart.model.classifier import from_config
 
 
 def _batches(n: int, size: int = 4):

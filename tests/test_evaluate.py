@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from wikiart.evaluation import main as evaluate_main
-from wikiart.checkpoint import CheckpointError
-from wikiart.evaluation_checkpoint import load_model
-from wikiart.model import CNNRNNClassifier
-from wikiart.report import plot_confusion
-from wikiart.shards_io import iter_shard_samples
+from wikiart.evaluate.run import main as evaluate_main
+from wikiart.formats.checkpoint import CheckpointError
+from wikiart.model.load import load_model
+from wikiart.model.classifier import CNNRNNClassifier
+from wikiart.evaluate.report import plot_confusion
+from wikiart.formats.shard import iter_shard_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("artist", "genre", "style")

@@ -1,6 +1,6 @@
 """Crash anywhere (issue #8: items 1, 5, 6), with real train.py processes and real signals.
 
-A run is SIGKILLed at a named point (`WIKIART_FAULT`, wikiart.faults: in a step, halfway
+A run is SIGKILLed at a named point (`WIKIART_FAULT`, wikiart.runtime.faults: in a step, halfway
 through a checkpoint write, inside a Hub upload) or from outside at a seeded-random moment,
 then restarted with `--resume auto` (no fault): it must resume from the checkpoint that was
 the newest *complete* one when it died - never a half-written one - and end with weights
@@ -35,8 +35,8 @@ import torch
 from hub_double import RecordingHfApi
 from safetensors.torch import load_file
 
-from wikiart import checkpoint as ckpt
-from wikiart.faults import ENV as FAULT_ENV
+from wikiart.formats import checkpoint as ckpt
+from wikiart.runtime.faults import ENV as FAULT_ENV
 
 from test_hub import REPO
 from test_hub_training import double_env
@@ -393,14 +393,14 @@ def test_sigkill_at_a_random_moment_resumes_to_the_same_weights(seed, references
 LOADER_BUG = '''
 import signal, sys, torch
 from torch.utils.data import DataLoader, IterableDataset
-from wikiart.cli import run_cli
+from wikiart.runtime.errors import run_cli
 
 class Stream(IterableDataset):
     def __iter__(self):
         yield torch.zeros(1)
         raise KeyError("a bug in the loader")
 
-def ignore_stop_signals(_worker_id):  # as wikiart.data's workers do (SLURM signals every process)
+def ignore_stop_signals(_worker_id):  # as wikiart.data.loader's workers do (SLURM signals every process)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 def main():

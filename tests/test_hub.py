@@ -23,13 +23,14 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from PIL import Image
 
-from wikiart import checkpoint as ckpt
-from wikiart import hub
-from wikiart.config import parse_train_config
-from wikiart.hub_push import HubError, HubPusher, RetryPolicy, Snapshot
-from wikiart.manifest import load_manifest
-from wikiart.model import CNNRNNClassifier
-from wikiart.model_card import build_card
+from wikiart.formats import checkpoint as ckpt
+from wikiart.hub import repo as hub_repo
+from wikiart.train import hub_sync as hub
+from wikiart.config.options import parse_train_config
+from wikiart.hub.client import HubError, HubPusher, RetryPolicy, Snapshot
+from wikiart.formats.manifest import load_manifest
+from wikiart.model.classifier import CNNRNNClassifier
+from wikiart.hub.card import build_card
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_wikiartSecretTestToken0123456789abcd"
@@ -48,7 +49,7 @@ def token(monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str) -> RecordingHfApi:
     api = RecordingHfApi(tmp_path / "hub_double")
-    monkeypatch.setattr(hub, "API_FACTORY", api)
+    monkeypatch.setattr(hub_repo, "API_FACTORY", api)
     return api
 
 
@@ -312,18 +313,18 @@ def test_a_failed_attempts_files_never_pass_for_a_download(tmp_path, monkeypatch
 
 
 def test_offline_mode_fails_resume_at_once_with_the_real_client(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "API_FACTORY", None)
-    monkeypatch.delenv(hub.API_ENV, raising=False)
+    monkeypatch.setattr(hub_repo, "API_FACTORY", None)
+    monkeypatch.delenv(hub_repo.API_ENV, raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ckpt.CheckpointError, match="after 1 attempt.*HF_HUB_OFFLINE is set: unset it"):
         hub.download_training_state(REPO, tmp_path / "run", policy=RetryPolicy(attempts=3, base_delay=30))
 
 
 def test_the_real_client_is_used_unless_a_double_is_named(monkeypatch, tmp_path):
-    monkeypatch.setattr(hub, "API_FACTORY", None)
-    monkeypatch.delenv(hub.API_ENV, raising=False)
+    monkeypatch.setattr(hub_repo, "API_FACTORY", None)
+    monkeypatch.delenv(hub_repo.API_ENV, raising=False)
     assert isinstance(hub.make_api(), HfApi)
-    monkeypatch.setenv(hub.API_ENV, "hub_double:RecordingHfApi")
+    monkeypatch.setenv(hub_repo.API_ENV, "hub_double:RecordingHfApi")
     monkeypatch.setenv("WIKIART_HUB_DOUBLE_DIR", str(tmp_path))
     assert type(hub.make_api()).__name__ == "RecordingHfApi"
 

@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 
 from hub_double import RecordingHfApi
 from test_hub import REPO, ROOT, TINY, TOKEN, double, run_config, token  # noqa: F401 - fixtures
-from wikiart import hub
+from wikiart.train import hub_sync as hub
 
 def rows(run_dir: Path, kind: str) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -34,7 +34,7 @@ def assert_no_token(*roots: Path, text: str = "") -> None:
 
 @pytest.mark.slow
 def test_training_pushes_best_and_state_in_the_background(tmp_path, double, synthetic_shards, capfd):
-    from wikiart.loop import train
+    from wikiart.train.loop import train
     out = tmp_path / "run"
     train(run_config(synthetic_shards, "--out", str(out), "--max-steps", "4", "--eval-every", "2",
                      "--save-every", "2", "--hub-every", "best"))
@@ -69,7 +69,7 @@ def test_a_better_best_is_pushed_with_the_checkpoint_of_its_step(tmp_path, doubl
                                                                   first_push):
     """Validation (and best/) come before the checkpoint of the same step: the push of an improved
     best/ must carry that checkpoint, or a `--resume hub` after losing the machine goes back further."""
-    from wikiart.loop import train
+    from wikiart.train.loop import train
     out = tmp_path / "run"
     train(run_config(synthetic_shards, "--out", str(out), "--max-steps", "4", "--eval-every", "2",
                      "--hub-every", "best", *args))
@@ -83,7 +83,7 @@ def test_a_better_best_is_pushed_with_the_checkpoint_of_its_step(tmp_path, doubl
 @pytest.mark.faults
 @pytest.mark.slow
 def test_a_stuck_hub_never_holds_up_training(tmp_path, double, synthetic_shards, monkeypatch):
-    from wikiart.loop import train
+    from wikiart.train.loop import train
     release = threading.Event()
     double.block = release
     monkeypatch.setenv(hub.TIMEOUT_ENV, "0.5")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wikiart.losses import hard_targets, multitask_loss, soft_cross_entropy
+from wikiart.train.losses import hard_targets, multitask_loss, soft_cross_entropy
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 # Row 0: logits (0, 0) -> p = (1/2, 1/2). Row 1: logits (ln 3, 0) -> p = (3/4, 1/4).

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from sklearn.metrics import f1_score
 
-from wikiart.metrics import (combined_metrics, evaluation_metrics, headline_metrics, joint_exact_match, json_ready,
+from wikiart.evaluate.metrics import (combined_metrics, evaluation_metrics, headline_metrics, joint_exact_match, json_ready,
                              task_metrics, topk_accuracy)
-from wikiart.runlog import epoch_table
+from wikiart.train.runlog import epoch_table
 
 NAMES = ["a", "b", "c", "d"]  # class "d" never occurs, neither as a label nor as a prediction
 # Rows: true labels with one missing (-1); argmax predictions 0, 1, 1, 1, 0, (2).

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from wikiart.config import OptimConfig
-from wikiart.losses import hard_targets
-from wikiart.mixing import Mixer, cutmix_box, mix_targets
+from wikiart.config.options import OptimConfig
+from wikiart.train.losses import hard_targets
+from wikiart.train.mixing import Mixer, cutmix_box, mix_targets
 
 NUM = {"genre": 2, "style": 3}
 

@@ -12,9 +12,9 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wikiart.backbones import PretrainedWeightsError, cached_weights_path
-from wikiart.config import ModelConfig
-from wikiart.model import CNNRNNClassifier, from_config
+from wikiart.model.backbones import PretrainedWeightsError, cached_weights_path
+from wikiart.config.options import ModelConfig
+from wikiart.model.classifier import CNNRNNClassifier, from_config
 
 CLASSES = {"genre": ["landscape", "portrait", "still_life"], "style": ["Baroque", "Cubism"]}
 SMALL = dict(proj_dim=16, rnn_hidden=8, rnn_layers=2)
@@ -141,7 +141,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 
 def test_the_eval_resize_travels_in_config_json_to_a_model_loaded_without_its_run(tmp_path, monkeypatch):
-    from wikiart import evaluation_checkpoint
+    from wikiart.model import load as evaluation_checkpoint
     small_model(eval_resize=72).save_pretrained(tmp_path / "pushed")
     assert json.loads((tmp_path / "pushed" / "config.json").read_text())["eval_resize"] == 72
     # A Hub repo id: from_pretrained downloads this very folder (no run config.json beside it).

@@ -6,9 +6,9 @@ import json
 
 from huggingface_hub import ModelCard
 
-from wikiart.config import parse_train_config, to_dict
-from wikiart.manifest import load_manifest
-from wikiart.model_card import METRICS_START, build_card, update_card_metrics
+from wikiart.config.options import parse_train_config, to_dict
+from wikiart.formats.manifest import load_manifest
+from wikiart.hub.card import METRICS_START, build_card, update_card_metrics
 
 REPO = "painter/wikiart-tiny"
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from wikiart.config import OptimConfig
-from wikiart.losses import hard_targets, multitask_loss
-from wikiart.model import CNNRNNClassifier
-from wikiart.optim import FreezePlan, LRSchedule, ModelEMA, apply_lr, build_optimizer, lr_at, lr_factor
+from wikiart.config.options import OptimConfig
+from wikiart.train.losses import hard_targets, multitask_loss
+from wikiart.model.classifier import CNNRNNClassifier
+from wikiart.train.optim import FreezePlan, LRSchedule, ModelEMA, apply_lr, build_optimizer, lr_at, lr_factor
 
 
 def tiny_model() -> CNNRNNClassifier:
@@ -84,8 +84,8 @@ def test_the_seed_leaves_the_frozen_bn1_in_train_mode_and_ours_puts_it_in_eval()
 
 
 def test_the_task_presets_freeze_only_a_pretrained_backbone():
-    from wikiart.config import parse_train_config
-    from wikiart.recipe import freeze_stem_for, unfreeze_epoch_for
+    from wikiart.config.options import parse_train_config
+    from wikiart.train.recipe import freeze_stem_for, unfreeze_epoch_for
     style = parse_train_config(["--task", "style", "--shards", "s", "--no-pretrained"])
     assert style["optim"].unfreeze_epoch == 7 and unfreeze_epoch_for(style) is None  # random: trains at once
     assert not freeze_stem_for(style)

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from wikiart.config import DataConfig
-from wikiart.data import build_eval_data
-from wikiart.device_augment import Normalizer, eval_images
-from wikiart.manifest import load_manifest
-from wikiart.model import CNNRNNClassifier
-from wikiart.predict import main as predict_main
-from wikiart.shards_io import iter_shard_samples
+from wikiart.config.options import DataConfig
+from wikiart.data.loader import build_eval_data
+from wikiart.data.device import Normalizer, eval_images
+from wikiart.formats.manifest import load_manifest
+from wikiart.model.classifier import CNNRNNClassifier
+from wikiart.evaluate.predict import main as predict_main
+from wikiart.formats.shard import iter_shard_samples
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torchvision
 
-from wikiart import checkpoint as ckpt
-from wikiart.data import train_samples_for
-from wikiart.manifest import load_manifest
+from wikiart.formats import checkpoint as ckpt
+from wikiart.data.loader import train_samples_for
+from wikiart.formats.manifest import load_manifest
 
 from test_train import ROOT, TINY, final_weights, metrics_rows, run_train
 
@@ -132,9 +132,9 @@ def test_two_ranks_agree_on_the_stop_step_and_stay_identical_through_unfreezing(
 
 def initial_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """Rebuild the seed-determined initial weights of the run (same config, same seed)."""
-    from wikiart.config import TRAIN_SECTIONS, from_dict
-    from wikiart.manifest import load_manifest
-    from wikiart.training import build_model
+    from wikiart.config.options import TRAIN_SECTIONS, from_dict
+    from wikiart.formats.manifest import load_manifest
+    from wikiart.train.setup import build_model
     cfg = from_dict(TRAIN_SECTIONS, json.loads((run_dir / "config.json").read_text()))
     return build_model(cfg, load_manifest(cfg["data"].shards), ("genre",)).state_dict()
 

@@ -17,11 +17,11 @@ import pytest
 import torch
 import torchvision
 
-from wikiart import backbones
-from wikiart.backbones import PretrainedWeightsError, cached_weights_path
-from wikiart.config import ModelConfig
-from wikiart.model import from_config
-from wikiart.netprobe import unreachable
+from wikiart.model import backbones
+from wikiart.model.backbones import PretrainedWeightsError, cached_weights_path
+from wikiart.config.options import ModelConfig
+from wikiart.model.classifier import from_config
+from wikiart.runtime.netprobe import unreachable
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"genre": ["landscape", "portrait", "still_life"]}

@@ -17,11 +17,11 @@ import torchvision
 from safetensors.torch import load_file
 
 from test_train import final_weights, metrics_rows, run_train
-from wikiart import checkpoint as ckpt
-from wikiart.config import ModelConfig
-from wikiart.data import train_batches_per_rank, train_samples_for
-from wikiart.manifest import load_manifest
-from wikiart.model import from_config
+from wikiart.formats import checkpoint as ckpt
+from wikiart.config.options import ModelConfig
+from wikiart.data.loader import train_batches_per_rank, train_samples_for
+from wikiart.formats.manifest import load_manifest
+from wikiart.model.classifier import from_config
 
 SMALL_MODEL = ["--backbone", "resnet18", "--image-size", "32", "--proj-dim", "8", "--rnn-hidden", "8",
                "--rnn-layers", "1", "--workers", "0", "--no-progress", "--log-every", "1"]
@@ -34,7 +34,7 @@ HEAD_MODULES = ("proj", "row_rnn", "col_rnn", "row_pool", "col_pool", "heads")  
 @pytest.fixture(scope="module")
 def tiny_shards(tmp_path_factory):
     """~64 train paintings: a few steps per epoch, so a whole 20-epoch preset runs in seconds."""
-    from wikiart.synthetic import build_synthetic_shards
+    from wikiart.prep.synthetic import build_synthetic_shards
     out = tmp_path_factory.mktemp("recipe_shards")
     build_synthetic_shards(out, n=100, short_side=40, seed=3, max_side=48, val_frac=0.2, min_shards=2,
                            min_val_shards=1, workers=0)
@@ -151,8 +151,8 @@ def test_a_run_resumed_before_at_or_after_the_restart_ends_identical(tiny_shards
 @pytest.mark.parametrize("scaling, ranks, per_rank, lr_scale", [
     ("global", 1, 64, 1), ("global", 4, 16, 1), ("linear-lr", 4, 64, 4), ("per-rank", 4, 64, 1)])
 def test_batch_scaling_keeps_the_seed_global_batch_or_scales_the_learning_rate(scaling, ranks, per_rank, lr_scale):
-    from wikiart.config import parse_train_config
-    from wikiart.recipe import resolve_batch_scaling
+    from wikiart.config.options import parse_train_config
+    from wikiart.train.recipe import resolve_batch_scaling
     cfg, line = resolve_batch_scaling(parse_train_config(["--task", "genre", "--batch-scaling", scaling]), ranks)
     assert cfg["data"].batch_size == per_rank and cfg["data"].batch_scaling == "per-rank"  # what config.json records
     assert (cfg["optim"].lr, cfg["optim"].backbone_lr) == pytest.approx((8e-4 * lr_scale, 1.5e-4 * lr_scale))
@@ -160,8 +160,8 @@ def test_batch_scaling_keeps_the_seed_global_batch_or_scales_the_learning_rate(s
 
 
 def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused():
-    from wikiart.config import parse_train_config
-    from wikiart.recipe import resolve_batch_scaling
+    from wikiart.config.options import parse_train_config
+    from wikiart.train.recipe import resolve_batch_scaling
     with pytest.raises(ValueError, match="--batch-size 64 is the global batch .* over 3 ranks"):
         resolve_batch_scaling(parse_train_config(["--task", "genre"]), 3)
 
@@ -169,8 +169,8 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused():
 def test_a_run_older_than_the_seed_options_resumes_and_evaluates_as_it_ran():
     """A config.json written before an option existed ran with that option's earlier behaviour:
     resuming it under other flags is refused in one line; evaluation rebuilds the model it had."""
-    from wikiart.config import TRAIN_SECTIONS, from_dict, parse_train_config
-    from wikiart.recipe import check_resume_recipe, with_earlier_defaults
+    from wikiart.config.options import TRAIN_SECTIONS, from_dict, parse_train_config
+    from wikiart.train.recipe import check_resume_recipe, with_earlier_defaults
     old = {"model": {"backbone": "resnet18"}, "optim": {"lr": 0.001}, "data": {"task": "combined"}}
     assert from_dict(TRAIN_SECTIONS, with_earlier_defaults(old))["model"].attention_pool == "mlp"
     now = parse_train_config(["--task", "combined"])
@@ -183,7 +183,7 @@ def test_a_run_older_than_the_seed_options_resumes_and_evaluates_as_it_ran():
 
 
 def test_unfreezing_at_the_first_epoch_restarts_there():
-    from wikiart.optim import FreezePlan
+    from wikiart.train.optim import FreezePlan
     model = from_config(ModelConfig(backbone="resnet18", pretrained=False, proj_dim=8, rnn_hidden=8, rnn_layers=1),
                         {"genre": ["a", "b"]}, 32)
     assert FreezePlan(model, freeze_stem=True, unfreeze_epoch=0).restart_epoch == 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from test_train import TINY, final_weights, metrics_rows, run_train
-from wikiart import checkpoint as ckpt
+from wikiart.formats import checkpoint as ckpt
 
 
 @pytest.mark.slow
@@ -53,7 +53,7 @@ def test_ema_switched_on_at_resume_averages_from_the_resumed_weights(synthetic_s
 def test_learning_rates_weight_decay_and_ema_decay_given_at_resume_are_the_ones_used(synthetic_shards, tmp_path):
     """The optimizer state a resume loads carries the old run's peak lrs and weight decay, and the
     EMA state its decay: the new command line's values (what config.json records) win."""
-    from wikiart.optim import lr_at
+    from wikiart.train.optim import lr_at
     out = tmp_path / "retuned"
     common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",
               "--max-steps", "4", "--warmup-steps", "0", "--log-every", "1", "--schedule", "step", "--cosine-t-max", "none", *TINY]
@@ -107,7 +107,7 @@ def test_rows_logged_after_the_last_checkpoint_are_not_kept_twice(synthetic_shar
 def test_forget_after_keeps_the_rows_up_to_the_step_each_on_its_own_line(tmp_path):
     from types import SimpleNamespace
 
-    from wikiart.runlog import RunLogger
+    from wikiart.train.runlog import RunLogger
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n{"kind": "val", "step": 2}')
     logger = RunLogger(tmp_path, SimpleNamespace(is_main_process=True, log=lambda *a, **k: None), 10,
                        show_progress=False)

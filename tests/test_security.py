@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import write_artgan
-from wikiart import checkpoint as ckpt
-from wikiart.manifest import ManifestError, load_manifest
-from wikiart.sources import SourceError, check_relpath
-from wikiart.shards_io import verify_shards
+from wikiart.formats import checkpoint as ckpt
+from wikiart.formats.manifest import ManifestError, load_manifest
+from wikiart.prep.sources import SourceError, check_relpath
+from wikiart.prep.write import verify_shards
 
 pytestmark = pytest.mark.faults
 
@@ -43,7 +43,7 @@ def quiet(fn, *args):
 def test_a_csv_path_outside_the_image_root_is_refused_and_never_read(rel, allow_missing, tmp_path):
     from PIL import Image
 
-    from wikiart.shards import main
+    from wikiart.prep.build import main
 
     images, csvs = write_artgan(tmp_path / "dl")
     outside = images.parent / "outside.jpg"   # a real image just outside --images-root
@@ -137,7 +137,7 @@ class Payload:
 
 
 def tiny_model(synthetic_shards: Path):
-    from wikiart.model import CNNRNNClassifier
+    from wikiart.model.classifier import CNNRNNClassifier
 
     genre = json.loads((synthetic_shards / "manifest.json").read_text())["classes"]["genre"]
     return CNNRNNClassifier(backbone="resnet18", class_names={"genre": genre}, proj_dim=8, rnn_hidden=8,
@@ -148,7 +148,7 @@ def tiny_model(synthetic_shards: Path):
 def poisoned_run(synthetic_shards, tmp_path) -> tuple[Path, Path, Path]:
     """(run dir, checkpoint, marker): a complete training checkpoint of a tiny genre model whose
     optimizer.pt and extra.pt unpickle into a command that creates `marker`."""
-    from wikiart.config import parse_train_config, to_dict
+    from wikiart.config.options import parse_train_config, to_dict
 
     run = tmp_path / "run"
     model = tiny_model(synthetic_shards)
@@ -202,8 +202,8 @@ def test_train_resume_refuses_the_poisoned_checkpoint_and_writes_nothing(poisone
 
 @pytest.mark.parametrize("spec", ["checkpoint", "run"])
 def test_evaluate_and_predict_refuse_the_poisoned_checkpoint(spec, poisoned_run, synthetic_shards, tmp_path):
-    from wikiart.evaluation import main as evaluate_main
-    from wikiart.predict import main as predict_main
+    from wikiart.evaluate.run import main as evaluate_main
+    from wikiart.evaluate.predict import main as predict_main
 
     run, path, marker = poisoned_run
     target = str(path if spec == "checkpoint" else run)
@@ -222,7 +222,7 @@ def test_evaluate_and_predict_refuse_the_poisoned_checkpoint(spec, poisoned_run,
 def test_pretrained_weights_load_through_safetensors_only(synthetic_shards, tmp_path):
     """A save_pretrained directory whose weights come as a pickle (pytorch_model.bin) is not
     loaded from at all: the local loader requires model.safetensors."""
-    from wikiart.evaluation_checkpoint import load_model
+    from wikiart.model.load import load_model
 
     model = tiny_model(synthetic_shards)
     folder = tmp_path / "model"

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from wikiart.manifest import Manifest
-from wikiart.model import CNNRNNClassifier
-from wikiart.seed_import import PAD_BIAS, SeedImportError, import_seed, main
+from wikiart.formats.manifest import Manifest
+from wikiart.model.classifier import CNNRNNClassifier
+from wikiart.cli.import_seed import PAD_BIAS, SeedImportError, import_seed, main
 
 GENRES = ["abstract_painting", "cityscape", "genre_painting", "illustration", "landscape"]
 CLASSES = {"artist": ["Albrecht_Durer", "Boris_Kustodiev", "Camille_Pissarro"],

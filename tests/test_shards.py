@@ -15,11 +15,12 @@ import pytest
 from PIL import Image
 
 from conftest import ARTGAN_IMAGES, ARTGAN_VAL, write_artgan
-from wikiart.images import target_size
-from wikiart.manifest import load_manifest
-from wikiart.shards import BuildConfig, BuildError, build_shards, main, merge_manifests, parse_build_config, plan_shards
-from wikiart.shards_io import STATE_DIR, iter_shard_samples, verify_shards
-from wikiart.sources import Record, SyntheticSource, make_key
+from wikiart.formats.images import target_size
+from wikiart.formats.manifest import load_manifest
+from wikiart.prep.build import BuildConfig, BuildError, build_shards, main, merge_manifests, parse_build_config, plan_shards
+from wikiart.formats.shard import iter_shard_samples
+from wikiart.prep.write import STATE_DIR, verify_shards
+from wikiart.prep.sources import Record, SyntheticSource, make_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +117,7 @@ def test_short_side_zero_stores_a_jpeg_with_trailing_bytes_up_to_its_end_marker(
     """Bytes after a JPEG's end-of-image marker (padding, vendor data) decode fine, but the loader
     takes a JPEG without the marker near its end for truncated: such a file is stored without them,
     and the loader reads every sample the manifest counts."""
-    from wikiart.data_stream import check_image_bytes
+    from wikiart.data.stream import check_image_bytes
     images, csvs = write_artgan(tmp_path / "src")
     padded = images / ARTGAN_IMAGES["A"]
     original = padded.read_bytes()
@@ -257,7 +258,7 @@ def test_killed_build_resumes_to_the_same_result(tmp_path):
     args = ["--synthetic", "400", "--synthetic-max-side", "400", "--short-side", "64", "--workers", "0",
             "--no-progress", "--min-shards", "16"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "wikiart.shards", "--out", str(out), *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "wikiart.prep.build", "--out", str(out), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(list((out / STATE_DIR).glob("*.json"))) < 3 and time.monotonic() < deadline:
@@ -268,9 +269,9 @@ def test_killed_build_resumes_to_the_same_result(tmp_path):
     at_kill = files(out)   # whatever carries a final name must be complete
     done = {p.name[:-5] for p in (out / STATE_DIR).glob("*.json")}
     assert 3 <= len(done) < 19
-    assert subprocess.run([sys.executable, "-m", "wikiart.shards", "--out", str(out), *args], env=env,
+    assert subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(out), *args], env=env,
                           capture_output=True).returncode == 0
-    assert subprocess.run([sys.executable, "-m", "wikiart.shards", "--out", str(clean), *args], env=env,
+    assert subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(clean), *args], env=env,
                           capture_output=True).returncode == 0
     assert files(out) == files(clean)
     assert at_kill and all(files(clean)[name] == data for name, data in at_kill.items())
@@ -341,11 +342,11 @@ def test_help_and_progress_bar(tmp_path, monkeypatch, capsys):
 def test_cli_entry_point(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = tmp_path / "out"
-    ok = subprocess.run([sys.executable, "-m", "wikiart.shards", "--out", str(out), "--synthetic", "20",
+    ok = subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(out), "--synthetic", "20",
                          "--synthetic-max-side", "32", "--short-side", "16", "--workers", "0", "--verify"],
                         env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert f"verify {out}: OK" in ok.stdout and (out / "manifest.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "wikiart.shards", "--out", str(tmp_path / "x"), "--short-side", "-1",
+    bad = subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(tmp_path / "x"), "--short-side", "-1",
                           "--synthetic", "5"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--short-side" in bad.stderr and not (tmp_path / "x").exists()

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import ARTGAN_IMAGES, ARTGAN_ROWS, ARTGAN_TRAIN, ARTGAN_VAL, write_artgan
-from wikiart.labels import ARTGAN_ARTISTS
-from wikiart.sources import (ArtGANSource, SourceError, make_key, read_split_file, stratified_val_split)
+from wikiart.formats.labels import ARTGAN_ARTISTS
+from wikiart.prep.sources import (ArtGANSource, SourceError, make_key, read_split_file, stratified_val_split)
 
 
 def by_path(records):
@@ -217,7 +217,7 @@ def hf_copies(tmp_path_factory):
 
 
 def test_hf_local_copy_maps_classes_and_drops_unknown(hf_copies):
-    from wikiart.sources_hf import HFSource
+    from wikiart.prep.sources_hf import HFSource
 
     source = HFSource(str(hf_copies / "disk"), val_frac=0.25)
     records = source.index()
@@ -238,7 +238,7 @@ def test_hf_local_copy_maps_classes_and_drops_unknown(hf_copies):
 
 
 def test_hf_parquet_streams_with_the_same_keys_labels_and_split(hf_copies):
-    from wikiart.sources_hf import HFSource
+    from wikiart.prep.sources_hf import HFSource
 
     disk = HFSource(str(hf_copies / "disk"), val_frac=0.25)
     stream = HFSource(str(hf_copies / "parquet"), val_frac=0.25)
@@ -257,7 +257,7 @@ def test_hf_parquet_streams_with_the_same_keys_labels_and_split(hf_copies):
 
 def test_hf_parquet_folder_of_several_splits_reads_only_the_asked_one(tmp_path):
     """The Hub's layout: data/<split>-NNNNN-of-NNNNN.parquet. --hf-split picks the files."""
-    from wikiart.sources_hf import HFSource
+    from wikiart.prep.sources_hf import HFSource
 
     ds = hf_dataset(40)
     (tmp_path / "data").mkdir()
@@ -275,7 +275,7 @@ def test_hf_parquet_folder_of_several_splits_reads_only_the_asked_one(tmp_path):
 
 
 def test_a_file_that_is_not_utf8_is_named_with_its_line_after_a_byte_order_mark(tmp_path):
-    from wikiart.sources import read_text_lines
+    from wikiart.prep.sources import read_text_lines
 
     path = tmp_path / "genre_train.csv"
     path.write_bytes(b"\xef\xbb\xbfa.jpg,1\nb.jpg,2\n\xe7.jpg,3\n")
@@ -286,7 +286,7 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line_after_a_byte_order_mark(
 
 
 def test_hf_hub_name_offline_fails_fast_with_instructions(monkeypatch):
-    from wikiart.sources_hf import HFSource
+    from wikiart.prep.sources_hf import HFSource
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
@@ -296,7 +296,7 @@ def test_hf_hub_name_offline_fails_fast_with_instructions(monkeypatch):
 
 
 def test_hf_directory_without_a_dataset_is_an_error(tmp_path):
-    from wikiart.sources_hf import HFSource
+    from wikiart.prep.sources_hf import HFSource
 
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(SourceError, match="neither a save_to_disk directory nor parquet"):
@@ -304,7 +304,7 @@ def test_hf_directory_without_a_dataset_is_an_error(tmp_path):
 
 
 def test_hub_probe_reports_an_unreachable_endpoint_quickly(monkeypatch):
-    from wikiart.sources_hf import _hub_unreachable
+    from wikiart.prep.sources_hf import _hub_unreachable
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)

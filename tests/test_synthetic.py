@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wikiart.labels import ARTGAN_ARTISTS, ARTGAN_GENRES, STYLES
-from wikiart.sources import SyntheticSource
-from wikiart.synthetic import class_names, make_painting, render_array
+from wikiart.formats.labels import ARTGAN_ARTISTS, ARTGAN_GENRES, STYLES
+from wikiart.prep.sources import SyntheticSource
+from wikiart.prep.synthetic import class_names, make_painting, render_array
 
 
 def test_painting_depends_only_on_seed_and_index():

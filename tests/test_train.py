@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wikiart import checkpoint as ckpt
-from wikiart.data import train_samples_for
-from wikiart.manifest import load_manifest
+from wikiart.formats import checkpoint as ckpt
+from wikiart.data.loader import train_samples_for
+from wikiart.formats.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
@@ -246,7 +246,7 @@ def test_gradient_accumulation_and_ema_are_checkpointed_and_ema_weights_are_best
     assert all(torch.equal(best[k], shadow[k]) for k in best)      # best/ holds the EMA weights
     assert any(not torch.equal(model[k], shadow[k]) for k in best)  # which differ from the raw ones
     # and says so: evaluation reports them as EMA weights and --no-ema cannot take them for raw ones
-    from wikiart.evaluation_checkpoint import load_model
+    from wikiart.model.load import load_model
     assert load_model(str(out)).weights == load_model(str(out / "best")).weights == "ema"
     assert load_model(str(ckpt.latest_checkpoint(out)), use_ema=False).weights == "model"
     with pytest.raises(ckpt.CheckpointError, match="--no-ema: .*best holds the EMA weights"):
@@ -282,7 +282,7 @@ def test_bf16_mixed_precision_trains_through_accelerate(synthetic_shards, tmp_pa
 
 def test_compile_falls_back_to_eager_when_the_compiler_fails(monkeypatch, capsys):
     """`--compile` never stops a run: a compiler that cannot start leaves the eager model."""
-    from wikiart.training import compile_model
+    from wikiart.train.setup import compile_model
 
     def broken_compile(model, **kwargs):
         raise RuntimeError("no C++ compiler")
@@ -298,9 +298,9 @@ def test_images_per_second_leaves_out_the_epoch_end_validation_and_save(syntheti
     epoch end (2 s each here) must not show in the first rate logged after them."""
     import time
 
-    from wikiart import loop
-    from wikiart.config import parse_train_config
-    from wikiart.training import setup_job
+    from wikiart.train import loop
+    from wikiart.config.options import parse_train_config
+    from wikiart.train.setup import setup_job
 
     pause = 2.0
     for name in ("run_validation", "save_training_state"):

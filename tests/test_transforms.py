@@ -17,11 +17,11 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from wikiart.config import DataConfig
-from wikiart.data_stream import collate, decode_image
-from wikiart.device_augment import (DeviceAugment, Normalizer, apply_affine, erase_boxes, eval_images,
+from wikiart.config.options import DataConfig
+from wikiart.data.stream import collate, decode_image
+from wikiart.data.device import (DeviceAugment, Normalizer, apply_affine, erase_boxes, eval_images,
                                     jitter_affine)
-from wikiart.transforms import (AUG_SIZE, IDENTITY_AUG, IMAGENET_MEAN, IMAGENET_STD, build_eval_transform,
+from wikiart.data.transforms import (AUG_SIZE, IDENTITY_AUG, IMAGENET_MEAN, IMAGENET_STD, build_eval_transform,
                                 build_train_transform, erasing_box, jitter_params, make_generator,
                                 rrc_params)
 
@@ -82,7 +82,7 @@ def test_sample_generator_is_a_pure_function_of_every_part_in_any_process():
     assert len({tuple(draws(*g, 17)) for g in grid}) == len(grid)
     assert draws(-1) == draws(2 ** 64 - 1) != draws(2 ** 64 - 2)  # negative seeds: 64-bit two's complement
     # Forked or spawned workers, any hash seed: the same draws (a resumed run repeats them).
-    code = "from wikiart.transforms import make_generator as m; g = m(5, 0, 3, 4, 17); print([g.random() for _ in range(3)])"
+    code = "from wikiart.data.transforms import make_generator as m; g = m(5, 0, 3, 4, 17); print([g.random() for _ in range(3)])"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": "12345"},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(draws(*base))

@@ -1,0 +1,1 @@
+"""Command-line programs built on the stages (make demo)."""

@@ -1,0 +1,123 @@
+"""`wikiart-predict`: classify image files with a trained checkpoint.
+
+    wikiart-predict --checkpoint runs/genre IMAGE [IMAGE ...] [--json] [--top-k 5]
+    python -m wikiart.evaluate.predict --checkpoint user/wikiart-combined painting.webp
+
+Prints the top-k classes with probabilities for every head. Images go through the eval
+transform with the image size stored in the model's config (and its mean/std). An unreadable
+file is reported by name, the others are still classified, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..runtime.errors import run_cli
+from ..config.options import DataConfig, PredictConfig, parse_predict_config
+from ..data.device import Normalizer, eval_images
+from ..model.load import LoadedModel, load_model
+from ..formats.images import ImageDecodeError, decode_rgb
+from ..data.transforms import EvalTransform, build_eval_transform
+
+PROG = "wikiart-predict"
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: auto picks CUDA when there is a GPU; an unusable choice is a ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def load_images(paths: Sequence[str], transform: EvalTransform) -> tuple[list[tuple[str, torch.Tensor]],
+                                                                          list[dict[str, str]]]:
+    """(path, tensor) of every readable image, and {"image", "error"} for the others."""
+    good, bad = [], []
+    for path in paths:
+        try:
+            if Path(path).is_dir():
+                raise ImageDecodeError("is a directory")
+            image = decode_rgb(path, min_side=transform.decode_size)
+            good.append((path, transform(np.asarray(image))))
+        except (ImageDecodeError, OSError) as exc:
+            bad.append({"image": path, "error": str(exc)})
+    return good, bad
+
+
+@torch.no_grad()
+def top_k(loaded: LoadedModel, images: torch.Tensor, k: int) -> list[dict[str, list[dict[str, Any]]]]:
+    """Per image: {task: [{"class", "probability"}, ...]} best first, k capped by the class count."""
+    model = loaded.model
+    device = next(model.parameters()).device
+    logits = model(eval_images(images, device, Normalizer(model.mean, model.std)))
+    names = model.class_names_dict()
+    out: list[dict[str, list[dict[str, Any]]]] = [{} for _ in range(len(images))]
+    for task, task_logits in logits.items():
+        probs = task_logits.float().softmax(dim=1).cpu()
+        values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+        for i in range(len(images)):
+            out[i][task] = [{"class": names[task][j], "probability": float(p)}
+                            for p, j in zip(values[i].tolist(), indices[i].tolist())]
+    return out
+
+
+def predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(predictions, failures) for the images of `cfg`."""
+    loaded = load_model(cfg.checkpoint)
+    loaded.model.to(resolve_device(cfg.device))
+    transform = build_eval_transform(DataConfig(image_size=loaded.model.image_size,
+                                                eval_resize=loaded.eval_resize))
+    good, bad = load_images(cfg.images, transform)
+    results = []
+    for start in range(0, len(good), cfg.batch_size):
+        chunk = good[start:start + cfg.batch_size]
+        preds = top_k(loaded, torch.stack([t for _, t in chunk]).permute(0, 3, 1, 2), cfg.top_k)
+        results += [{"image": path, "predictions": p} for (path, _), p in zip(chunk, preds)]
+    return results, bad
+
+
+def print_tables(console: Console, results: list[dict[str, Any]]) -> None:
+    for item in results:
+        console.print(item["image"], style="bold", soft_wrap=True)  # a long path stays one line
+        table = Table()
+        for name in ("task", "#", "class", "probability"):
+            table.add_column(name, justify="right" if name in ("#", "probability") else "left")
+        for task, ranked in item["predictions"].items():
+            for rank, entry in enumerate(ranked, start=1):
+                table.add_row(task if rank == 1 else "", str(rank), entry["class"], f"{entry['probability']:.4f}")
+            table.add_section()
+        console.print(table)
+
+
+def run(cfg: PredictConfig) -> int:
+    results, failures = predict(cfg)
+    if cfg.json:
+        print(json.dumps({"predictions": results, "errors": failures}, indent=1), flush=True)
+    else:
+        print_tables(Console(highlight=False), results)
+    for failure in failures:
+        print(f"{PROG}: error: {failure['image']}: {failure['error']}", file=sys.stderr, flush=True)
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (`wikiart-predict`, `python -m wikiart.evaluate.predict`)."""
+    return run_cli(PROG, lambda: run(parse_predict_config(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The on-disk contracts every stage shares: labels, manifest.json, images, training checkpoints."""

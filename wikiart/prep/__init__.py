@@ -1,0 +1,1 @@
+"""Raw WikiArt -> WebDataset shards + manifest.json (ArtGAN, Hugging Face, synthetic). No torch."""
