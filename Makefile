@@ -29,7 +29,7 @@ test: $(VENV)/.installed
 # The fast inner loop (~45 s on 2 cores): the test files that run in-process, no train.py launch,
 # without their `slow` tests. `make test` still runs everything.
 UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,bad_images batch_buffers benchmarks checkpoint config data layers \
-	engine losses metrics mixing model optim recipe security sources synthetic transforms))
+	engine entry_points losses metrics mixing model optim recipe rundir security sources synthetic transforms))
 test-unit: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope -m "not slow" $(UNIT_TESTS)
 

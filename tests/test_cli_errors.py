@@ -251,10 +251,10 @@ def run_in_process(command: str, argv: list[str]) -> tuple[int, str]:
                 runpy.run_path(str(ROOT / command), run_name="__main__")   # ends in sys.exit(...)
                 code = 0
             elif command == "wikiart-build-shards":
-                from wikiart.prep.build import main
+                from wikiart.cli.build_shards import main
                 code = main(argv)
             else:
-                from wikiart.evaluate.predict import main
+                from wikiart.cli.predict import main
                 code = main(argv)
         except SystemExit as exc:
             code = exc.code
@@ -271,7 +271,7 @@ def command_line(command: str) -> list[str]:
     script = Path(sys.executable).parent / command   # the installed console script
     if script.is_file():
         return [str(script)]
-    module = {"wikiart-build-shards": "wikiart.prep.build", "wikiart-predict": "wikiart.evaluate.predict"}[command]
+    module = {"wikiart-build-shards": "wikiart.cli.build_shards", "wikiart-predict": "wikiart.cli.predict"}[command]
     return [sys.executable, "-m", module]
 
 
@@ -337,7 +337,7 @@ def test_bad_input_is_one_clear_line_nonzero_exit_and_no_output(row_id, command,
 
 def test_missing_images_with_allow_missing_build_from_the_rest_and_record_the_skips(inputs, tmp_path):
     from wikiart.formats.manifest import load_manifest
-    from wikiart.prep.build import main
+    from wikiart.cli.build_shards import main
 
     out = tmp_path / "shards"
     argv = ["--images-root", inputs["missing_images"], "--csv-dir", inputs["missing_csvs"], "--out", str(out),

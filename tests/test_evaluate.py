@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wikiart.evaluate.run import main as evaluate_main
+from wikiart.cli.evaluate import main as evaluate_main
 from wikiart.formats.checkpoint import CheckpointError
 from wikiart.model.load import load_model
 from wikiart.model.classifier import CNNRNNClassifier

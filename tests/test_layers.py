@@ -80,10 +80,12 @@ def test_one_module_reads_shard_tars():
 
 
 def test_prep_loads_no_torch_when_imported():
-    """Not only no `import torch` in prep's files: nothing prep imports may load it (webdataset does)."""
+    """Not only no `import torch` in prep's files: nothing prep imports may load it (webdataset does);
+    nor does its command, so `wikiart-build-shards` starts fast on a login node."""
     import subprocess
     import sys
-    code = "import sys, wikiart.prep.build, wikiart.prep.write; print('torch' in sys.modules)"
+    code = ("import sys, wikiart.prep.build, wikiart.prep.write, wikiart.cli.build_shards; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -91,8 +93,9 @@ def test_prep_loads_no_torch_when_imported():
 def test_the_evaluate_command_loads_neither_the_trainer_nor_the_builder():
     import subprocess
     import sys
-    code = ("import sys, wikiart.evaluate.run, wikiart.evaluate.predict; "
-            "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('wikiart.')}))")
+    code = ("import sys, wikiart.cli.evaluate, wikiart.cli.predict; "
+            "print(sorted({m for m in sys.modules if m.startswith('wikiart.')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    loaded = set(ast.literal_eval(out))  # a printed list of package names
-    assert not loaded & {"train", "prep", "cli"}, loaded
+    modules = set(ast.literal_eval(out))  # a printed list of module names
+    assert not {m.split(".")[1] for m in modules} & {"train", "prep"}, modules
+    assert {m for m in modules if m.startswith("wikiart.cli.")} == {"wikiart.cli.evaluate", "wikiart.cli.predict"}

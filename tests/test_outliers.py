@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wikiart.evaluate.run import main as evaluate_main
+from wikiart.cli.evaluate import main as evaluate_main
 from wikiart.formats.manifest import load_manifest, sha256_file
 from wikiart.evaluate.outliers import class_centroids, joint_outlier_table, l2_normalize, outlier_table
 from wikiart.evaluate.report import joint_caption, plot_contact_sheet, write_outliers_csv

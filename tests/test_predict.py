@@ -15,7 +15,7 @@ from wikiart.data.loader import build_eval_data
 from wikiart.data.device import Normalizer, eval_images
 from wikiart.formats.manifest import load_manifest
 from wikiart.model.classifier import CNNRNNClassifier
-from wikiart.evaluate.predict import main as predict_main
+from wikiart.cli.predict import main as predict_main
 from wikiart.formats.shard import iter_shard_samples
 
 

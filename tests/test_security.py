@@ -43,7 +43,7 @@ def quiet(fn, *args):
 def test_a_csv_path_outside_the_image_root_is_refused_and_never_read(rel, allow_missing, tmp_path):
     from PIL import Image
 
-    from wikiart.prep.build import main
+    from wikiart.cli.build_shards import main
 
     images, csvs = write_artgan(tmp_path / "dl")
     outside = images.parent / "outside.jpg"   # a real image just outside --images-root
@@ -202,8 +202,8 @@ def test_train_resume_refuses_the_poisoned_checkpoint_and_writes_nothing(poisone
 
 @pytest.mark.parametrize("spec", ["checkpoint", "run"])
 def test_evaluate_and_predict_refuse_the_poisoned_checkpoint(spec, poisoned_run, synthetic_shards, tmp_path):
-    from wikiart.evaluate.run import main as evaluate_main
-    from wikiart.evaluate.predict import main as predict_main
+    from wikiart.cli.evaluate import main as evaluate_main
+    from wikiart.cli.predict import main as predict_main
 
     run, path, marker = poisoned_run
     target = str(path if spec == "checkpoint" else run)

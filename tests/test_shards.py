@@ -17,7 +17,8 @@ from PIL import Image
 from conftest import ARTGAN_IMAGES, ARTGAN_VAL, write_artgan
 from wikiart.formats.images import target_size
 from wikiart.formats.manifest import load_manifest
-from wikiart.prep.build import BuildConfig, BuildError, build_shards, main, merge_manifests, parse_build_config, plan_shards
+from wikiart.cli.build_shards import main
+from wikiart.prep.build import BuildConfig, BuildError, build_shards, merge_manifests, parse_build_config, plan_shards
 from wikiart.formats.shard import iter_shard_samples
 from wikiart.prep.write import STATE_DIR, verify_shards
 from wikiart.prep.sources import Record, SyntheticSource, make_key
@@ -258,7 +259,7 @@ def test_killed_build_resumes_to_the_same_result(tmp_path):
     args = ["--synthetic", "400", "--synthetic-max-side", "400", "--short-side", "64", "--workers", "0",
             "--no-progress", "--min-shards", "16"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "wikiart.prep.build", "--out", str(out), *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "wikiart.cli.build_shards", "--out", str(out), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(list((out / STATE_DIR).glob("*.json"))) < 3 and time.monotonic() < deadline:
@@ -269,9 +270,9 @@ def test_killed_build_resumes_to_the_same_result(tmp_path):
     at_kill = files(out)   # whatever carries a final name must be complete
     done = {p.name[:-5] for p in (out / STATE_DIR).glob("*.json")}
     assert 3 <= len(done) < 19
-    assert subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(out), *args], env=env,
+    assert subprocess.run([sys.executable, "-m", "wikiart.cli.build_shards", "--out", str(out), *args], env=env,
                           capture_output=True).returncode == 0
-    assert subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(clean), *args], env=env,
+    assert subprocess.run([sys.executable, "-m", "wikiart.cli.build_shards", "--out", str(clean), *args], env=env,
                           capture_output=True).returncode == 0
     assert files(out) == files(clean)
     assert at_kill and all(files(clean)[name] == data for name, data in at_kill.items())
@@ -342,11 +343,11 @@ def test_help_and_progress_bar(tmp_path, monkeypatch, capsys):
 def test_cli_entry_point(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = tmp_path / "out"
-    ok = subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(out), "--synthetic", "20",
+    ok = subprocess.run([sys.executable, "-m", "wikiart.cli.build_shards", "--out", str(out), "--synthetic", "20",
                          "--synthetic-max-side", "32", "--short-side", "16", "--workers", "0", "--verify"],
                         env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert f"verify {out}: OK" in ok.stdout and (out / "manifest.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(tmp_path / "x"), "--short-side", "-1",
+    bad = subprocess.run([sys.executable, "-m", "wikiart.cli.build_shards", "--out", str(tmp_path / "x"), "--short-side", "-1",
                           "--synthetic", "5"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--short-side" in bad.stderr and not (tmp_path / "x").exists()

@@ -162,7 +162,7 @@ def test_build_shards_array_and_merge_equal_a_single_build(slurm: Slurm, tmp_pat
     args = ["--synthetic", "60", "--synthetic-max-side", "48", "--short-side", "32", "--min-shards", "4",
             "--min-val-shards", "2", "--val-frac", "0.2"]
     single, parts, logs = tmp_path / "single", tmp_path / "parts", tmp_path / "logs"
-    subprocess.run([sys.executable, "-m", "wikiart.prep.build", "--out", str(single), "--workers", "0",
+    subprocess.run([sys.executable, "-m", "wikiart.cli.build_shards", "--out", str(single), "--workers", "0",
                     "--no-progress", *args], cwd=ROOT, check=True, capture_output=True, timeout=120)
 
     out = slurm.run(str(ROOT / "slurm" / "submit_build_shards.sh"), "2", "--", "--out", str(parts), *args,
@@ -173,7 +173,7 @@ def test_build_shards_array_and_merge_equal_a_single_build(slurm: Slurm, tmp_pat
     assert merged["JobState"] == "COMPLETED", tail(merge_log)
     for task in (0, 1):
         log = logs / f"wikiart-shards-{array_id}_{task}.out"
-        assert f"building part {task}: python -m wikiart.prep.build --num-parts 2 --part {task}" in log.read_text()
+        assert f"building part {task}: python -m wikiart.cli.build_shards --num-parts 2 --part {task}" in log.read_text()
     assert "verify " in merge_log.read_text() and ": OK" in merge_log.read_text()
 
     def shard_hashes(directory: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline on the embedded synthetic mini-WikiArt, on the CPU.
+"""`make demo` (`wikiart-demo`): the whole pipeline on the embedded synthetic mini-WikiArt, on the CPU.
 
 Builds synthetic shards, trains the genre classifier for a few minutes, evaluates the best
 model (reports, confusion matrix, outliers), and prints the headline metrics next to the
@@ -21,11 +21,12 @@ from ..config.options import parse_eval_config, parse_train_config
 from ..evaluate.run import run_evaluation
 from ..train.loop import train
 from ..formats.manifest import Manifest
+from ..formats.rundir import RunDir
 from ..prep.synthetic import build_synthetic_shards
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m wikiart.cli.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="wikiart-demo", description=__doc__)
     parser.add_argument("--out", default="runs/demo", help="demo directory (shards/, genre/)")
     parser.add_argument("--samples", type=int, default=1200, help="synthetic paintings to generate")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs")
@@ -50,7 +51,7 @@ def train_genre(shards: Path, run_dir: Path, args: argparse.Namespace) -> dict:
 
 
 def evaluate_best(shards: Path, run_dir: Path, out: Path, workers: int) -> dict:
-    argv = ["--checkpoint", str(run_dir / "best"), "--shards", str(shards), "--out", str(out),
+    argv = ["--checkpoint", str(RunDir(run_dir).best), "--shards", str(shards), "--out", str(out),
             "--workers", str(workers), "--outliers", "--batch-size", "32"]
     return run_evaluation(parse_eval_config(argv))
 
@@ -71,7 +72,7 @@ def print_summary(results: dict, baseline: float, run_dir: Path, eval_dir: Path,
     table.add_row("majority baseline (top1)", f"{baseline:.4f}")
     console = Console()
     console.print(table)
-    console.print(f"best model:   {run_dir / 'best'}\ntraining log: {run_dir / 'metrics.jsonl'}")
+    console.print(f"best model:   {RunDir(run_dir).best}\ntraining log: {RunDir(run_dir).metrics}")
     for name in ("metrics.json", "classification_report_genre.txt", "per_class_recall_genre.csv",
                  "confusion_genre.png", "outliers_genre.csv", "outliers_genre.png"):
         console.print(f"report:       {eval_dir / name}")

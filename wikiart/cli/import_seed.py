@@ -23,7 +23,7 @@ import torchvision
 
 from ..formats import checkpoint as ckpt
 from ..runtime.errors import run_cli
-from ..model.load import record_weights_kind
+from ..formats.rundir import record_weights_kind
 from ..formats.labels import BASE_TASKS, TASKS, heads_for_task
 from ..formats.manifest import MANIFEST_NAME, load_manifest, sha256_file
 from ..model.classifier import CNNRNNClassifier

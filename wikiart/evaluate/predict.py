@@ -1,33 +1,23 @@
-"""`wikiart-predict`: classify image files with a trained checkpoint.
+"""`predict`: the top-k classes with probabilities for every head of image files, with a trained
+checkpoint (the command: wikiart.cli.predict, `wikiart-predict`).
 
-    wikiart-predict --checkpoint runs/genre IMAGE [IMAGE ...] [--json] [--top-k 5]
-    python -m wikiart.evaluate.predict --checkpoint user/wikiart-combined painting.webp
-
-Prints the top-k classes with probabilities for every head. Images go through the eval
-transform with the image size stored in the model's config (and its mean/std). An unreadable
-file is reported by name, the others are still classified, and the exit status is 1.
+Images go through the eval transform with the image size stored in the model's config (and its
+mean/std). An unreadable file is returned as a failure by name; the others are still classified.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.table import Table
 
-from ..runtime.errors import run_cli
-from ..config.options import DataConfig, PredictConfig, parse_predict_config
+from ..config.options import DataConfig, PredictConfig
 from ..data.device import Normalizer, eval_images
 from ..model.load import LoadedModel, load_model
 from ..formats.images import ImageDecodeError, decode_rgb
 from ..data.transforms import EvalTransform, build_eval_transform
-
-PROG = "wikiart-predict"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,36 +78,3 @@ def predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[dict[str, st
         preds = top_k(loaded, torch.stack([t for _, t in chunk]).permute(0, 3, 1, 2), cfg.top_k)
         results += [{"image": path, "predictions": p} for (path, _), p in zip(chunk, preds)]
     return results, bad
-
-
-def print_tables(console: Console, results: list[dict[str, Any]]) -> None:
-    for item in results:
-        console.print(item["image"], style="bold", soft_wrap=True)  # a long path stays one line
-        table = Table()
-        for name in ("task", "#", "class", "probability"):
-            table.add_column(name, justify="right" if name in ("#", "probability") else "left")
-        for task, ranked in item["predictions"].items():
-            for rank, entry in enumerate(ranked, start=1):
-                table.add_row(task if rank == 1 else "", str(rank), entry["class"], f"{entry['probability']:.4f}")
-            table.add_section()
-        console.print(table)
-
-
-def run(cfg: PredictConfig) -> int:
-    results, failures = predict(cfg)
-    if cfg.json:
-        print(json.dumps({"predictions": results, "errors": failures}, indent=1), flush=True)
-    else:
-        print_tables(Console(highlight=False), results)
-    for failure in failures:
-        print(f"{PROG}: error: {failure['image']}: {failure['error']}", file=sys.stderr, flush=True)
-    return 1 if failures else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (`wikiart-predict`, `python -m wikiart.evaluate.predict`)."""
-    return run_cli(PROG, lambda: run(parse_predict_config(argv)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

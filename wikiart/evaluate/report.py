@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -17,14 +15,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..formats import files
 from .metrics import json_ready
 
 
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON (NaN -> null), written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_ready(data), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    files.write_json(path, json_ready(data), ensure_ascii=True, allow_nan=False)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -1,4 +1,5 @@
-"""evaluate.py: how good a trained model is and where it fails, on one process or across ranks.
+"""`run_evaluation` (the command: wikiart.cli.evaluate, evaluate.py): how good a trained model is
+and where it fails, on one process or across ranks.
 
     accelerate launch evaluate.py --checkpoint DIR_OR_HUB_ID --shards DIR --out DIR \
         [--split val] [--outliers] [--tta flip]
@@ -13,24 +14,21 @@ the manifest is refused before anything is written.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from rich.console import Console
 
-from ..runtime.errors import run_cli
-from ..config.options import ConfigError, DataConfig, EvalConfig, parse_eval_config
+from ..config.options import ConfigError, DataConfig, EvalConfig
 from ..data.loader import INTERSECTION, build_eval_data
 from ..runtime.device import resolve_mixed_precision
 from .score import EvalOutputs, evaluate
 from ..runtime.accelerator import make_accelerator
 from ..model.load import LoadedModel, check_class_names, eval_data_config, load_model
 from .outlier_report import compute_joint_outliers, compute_outliers, write_outlier_files
-from ..hub.client import HubError
 from ..hub.repo import check_repo_id, check_token, push_eval_card
 from ..data.census import census
 from ..formats.labels import BASE_TASKS
@@ -40,9 +38,6 @@ from .outliers import JointOutlierTable
 from .report import (plot_confusion, print_summary, write_classification_report, write_json,
                      write_per_class_recall)
 from ..data.transforms import build_eval_transform
-
-PROG = "evaluate.py"
-
 
 def load_checked_model(cfg: EvalConfig, manifest: Manifest) -> LoadedModel:
     """The checkpoint's model, refused (CheckpointError) if its classes differ from the manifest."""
@@ -174,15 +169,3 @@ def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: d
     metrics = {**summary, "tasks": {t: {k: v for k, v in m.items() if k != "report"}
                                     for t, m in summary["tasks"].items()}}
     write_json(out_dir / "metrics.json", metrics)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (`evaluate.py`, `wikiart-evaluate`)."""
-    def command() -> int:
-        run_evaluation(parse_eval_config(argv))
-        return 0
-    return run_cli(PROG, command, extra_errors=(HubError,))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,9 +29,10 @@ from safetensors.torch import load_file, save_file
 
 from ..runtime.errors import UserError
 from ..runtime.faults import fault_point
+# replace_directory, CHECKPOINT_DIR and COMPLETE_MARKER are also named as checkpoint.* by callers.
+from .files import OLD_SUFFIX, fsync_files, replace_directory, write_json  # noqa: F401
+from .rundir import CHECKPOINT_DIR, COMPLETE_MARKER, RunDir  # noqa: F401 - re-exported
 
-CHECKPOINT_DIR = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -61,14 +62,14 @@ class TrainState:
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
+    return RunDir(run_dir).checkpoints
 
 
 def _recover_swaps(root: Path) -> None:
     """A crash between the two renames of `replace_directory` leaves `step-X.old` (complete)
     without `step-X`: put it back, so a re-save never loses the only copy of a step."""
-    for old in root.glob("step-*.old"):
-        final = old.with_name(old.name[:-len(".old")])
+    for old in root.glob(f"step-*{OLD_SUFFIX}"):
+        final = old.with_name(old.name[:-len(OLD_SUFFIX)])
         if final.exists() or not (old / COMPLETE_MARKER).is_file():
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -122,8 +123,8 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model_state: dict[st
         fault_point("checkpoint.write")
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(extra or {}, tmp / "extra.pt")
-        (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state), indent=1))
-        _fsync_dir_files(tmp)
+        write_json(tmp / "state.json", dataclasses.asdict(state), ensure_ascii=True)
+        fsync_files(tmp)
         (tmp / COMPLETE_MARKER).write_text("ok\n")
         replace_directory(tmp, final)  # a re-save of the same step keeps the old copy until the swap
     except WRITE_ERRORS as exc:
@@ -137,12 +138,6 @@ def _remove_stale_temporaries(root: Path) -> None:
     for p in root.iterdir():
         if ".tmp-" in p.name:  # left by a crash mid-write
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _fsync_dir_files(directory: Path) -> None:
-    for p in directory.iterdir():
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
@@ -192,13 +187,3 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     if path.is_dir() and latest_checkpoint(path) is not None:
         return latest_checkpoint(path)  # a run directory
     raise CheckpointError(f"--resume {resume}: not a complete checkpoint or a run directory with one")
-
-
-def replace_directory(tmp: Path, final: Path) -> None:
-    """Swap a fully written directory into place; the old one survives until the swap."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from .files import write_json
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -91,11 +92,7 @@ class Manifest:
 
     def save(self, directory: str | Path) -> Path:
         """Write atomically: a crash never leaves a half-written manifest."""
-        path = Path(directory) / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(Path(directory) / MANIFEST_NAME, self.to_json())
 
     @classmethod
     def from_json(cls, data: dict[str, Any], root: Path | None = None) -> "Manifest":
@@ -136,7 +133,7 @@ def load_manifest(directory: str | Path) -> Manifest:
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"no {MANIFEST_NAME} in {root}: build shards first "
-                            f"(python -m wikiart.prep.build --out {root} ...)")
+                            f"(wikiart-build-shards --out {root} ...)")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

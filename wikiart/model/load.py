@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 
 from ..formats import checkpoint as ckpt
 from ..formats.manifest import Manifest
+from ..formats.rundir import MODEL_CONFIG, RunDir, read_weights_kind
 from ..config.options import TRAIN_SECTIONS, DataConfig, check_eval_resize, from_dict, with_earlier_defaults
 from .classifier import CNNRNNClassifier
 
-RUN_CONFIG = "config.json"  # the resolved training config at the top of a run directory
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -69,10 +69,10 @@ def _load_local(path: Path, spec: str, use_ema: bool) -> LoadedModel:
         raise ckpt.CheckpointError(f"--checkpoint {spec}: not a directory")
     if (path / ckpt.COMPLETE_MARKER).is_file() and (path / "extra.pt").is_file():
         return _load_training_state(path, use_ema)
-    if (path / "model.safetensors").is_file() and (path / "config.json").is_file():
+    if (path / "model.safetensors").is_file() and (path / MODEL_CONFIG).is_file():
         return _load_pretrained(path, use_ema)
-    if (path / "best" / "model.safetensors").is_file():
-        return _load_pretrained(path / "best", use_ema)
+    if (RunDir(path).best / "model.safetensors").is_file():
+        return _load_pretrained(RunDir(path).best, use_ema)
     latest = ckpt.latest_checkpoint(path)
     if latest is not None:
         return _load_training_state(latest, use_ema)
@@ -86,28 +86,9 @@ def _from_pretrained(name: str) -> CNNRNNClassifier:
         return CNNRNNClassifier.from_pretrained(name)
 
 
-WEIGHTS_KEY = "weights"  # in a saved model's config.json: "ema" when training saved the EMA average
-
-
-def record_weights_kind(model_dir: Path, kind: str) -> None:
-    """Note in model_dir/config.json which weights save_pretrained wrote ("model" or "ema"); the
-    model ignores the key, evaluation reports it (and refuses --no-ema for EMA weights)."""
-    path = Path(model_dir) / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), WEIGHTS_KEY: kind}, indent=2) + "\n")
-
-
-def _weights_kind(config_file: Path | str) -> str | None:
-    """"model" or "ema" as recorded in a saved model's config.json; None where it is not said."""
-    try:
-        kind = json.loads(Path(config_file).read_text()).get(WEIGHTS_KEY)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return kind if kind in ("model", "ema") else None
-
-
 def _best_weights_kind(path: Path) -> str:
     """A best/ saved before the key existed: EMA weights exactly when its run trained an EMA."""
-    kind = _weights_kind(path / "config.json")
+    kind = read_weights_kind(path / MODEL_CONFIG)
     if kind is None:
         run = _read_run_config(path.parent) or {}
         kind = "ema" if (run.get("optim") or {}).get("ema_decay") else "model"
@@ -140,7 +121,7 @@ def _load_hub(repo_id: str) -> LoadedModel:
         raise ckpt.CheckpointError(f"--checkpoint {repo_id}: no such local directory, and the "
                                    f"Hugging Face Hub could not provide it ({reason})") from exc
     return LoadedModel(model.eval(), "hub", repo_id, model.eval_resize,  # config.json carries it
-                       weights=_weights_kind(_cached_hub_file(repo_id, "config.json")) or "model")
+                       weights=read_weights_kind(_cached_hub_file(repo_id, MODEL_CONFIG)) or "model")
 
 
 def _cached_hub_file(repo_id: str, filename: str) -> str:
@@ -151,7 +132,7 @@ def _cached_hub_file(repo_id: str, filename: str) -> str:
 
 
 def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / RUN_CONFIG
+    path = RunDir(run_dir).config
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -168,8 +149,8 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
     run_dir = path.parent.parent
     data = _read_run_config(run_dir)
     if data is None:
-        raise ckpt.CheckpointError(f"training checkpoint {path}: its run's {RUN_CONFIG} is missing or "
-                                   f"unreadable at {run_dir / RUN_CONFIG}")
+        raise ckpt.CheckpointError(f"training checkpoint {path}: its run's {RunDir(run_dir).config.name} is "
+                                   f"missing or unreadable at {RunDir(run_dir).config}")
     cfg = from_dict(TRAIN_SECTIONS, with_earlier_defaults(data))  # a run older than some options
     try:
         state = json.loads((path / "state.json").read_text())
@@ -190,7 +171,7 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
-        raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of {run_dir / RUN_CONFIG}: "
+        raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of {RunDir(run_dir).config}: "
                                    f"{str(exc).splitlines()[0]}") from exc
     return LoadedModel(model.eval(), "training-state", str(path), cfg["data"].eval_resize,
                        step=int(state.get("step", 0)), weights=kind)

@@ -1,13 +1,14 @@
 """Shard builder: records -> resized JPEGs -> WebDataset tars + manifest.json.
 
-    python -m wikiart.prep.build --out DIR (--synthetic N | --images-root DIR --csv-dir DIR |
-                                        --hf-dataset NAME_OR_PATH) [--short-side 448] ...
+    wikiart-build-shards --out DIR (--synthetic N | --images-root DIR --csv-dir DIR |
+                                    --hf-dataset NAME_OR_PATH) [--short-side 448] ...
 
 The build is planned before any image is touched: the source's cheap index pass gives every
 record's key, labels and split; each split's records are shuffled by key with a seeded RNG
 (keys, not image bytes: memory stays small) and cut into even shards. Everything after that
 is a pure function of the plan, so `--num-parts K --part I` (shard i -> part i % K) plus
 `--merge-manifests` gives the same files as one build, and a re-run reuses finished shards.
+The command line (wikiart.cli.build_shards) adds the exit codes and `--verify`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..config.options import opt, parse_config
 from ..formats.labels import BASE_TASKS
-from ..formats.manifest import MANIFEST_NAME, SPLITS, Manifest, ManifestError, ShardInfo, SplitInfo
+from ..formats.manifest import MANIFEST_NAME, SPLITS, Manifest, ShardInfo, SplitInfo
 from .write import (STATE_DIR, EncodeParams, ShardPlan, ShardResult, Throughput, atomic_write_json,
-                        completed_shard, verify_shards, worker_pool, write_shards)
-from .sources import Record, Source, SourceError, open_source
+                        completed_shard, worker_pool, write_shards)
+from .sources import Record, Source, open_source
 
 PROG = "wikiart-build-shards"
 VERIFY_OUT = "@out"   # what a bare `--verify` means: check --out after building
@@ -320,31 +321,3 @@ def merge_manifests(out: str | Path) -> Manifest:
     manifest.save(out)
     manifest.root = out
     return manifest
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (`wikiart-build-shards`, `python -m wikiart.prep.build`)."""
-    cfg = parse_build_config(argv)
-    try:
-        if cfg.merge_manifests:
-            merge_manifests(cfg.out or ".")
-            print(f"merged the part manifests into {Path(cfg.out or '.') / MANIFEST_NAME}")
-        elif cfg.verify and cfg.verify != VERIFY_OUT and not cfg.out:
-            pass  # verify only
-        else:
-            build_shards(cfg)
-    except (SourceError, BuildError, ManifestError, RuntimeError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    if cfg.verify:
-        target = cfg.out if cfg.verify == VERIFY_OUT else cfg.verify
-        problems = verify_shards(target)
-        for problem in problems:
-            print(f"{PROG}: verify: {problem}", file=sys.stderr)
-        print(f"verify {target}: {'OK' if not problems else f'{len(problems)} problem(s)'}", flush=True)
-        return 1 if problems else 0
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from ..formats.files import write_json
 from ..formats.images import ImageDecodeError, decode_image, encode_jpeg, jpeg_without_trailer, resize_short_side
 from ..formats.manifest import ManifestError, load_manifest, sha256_file
 from ..formats.shard import count_samples
@@ -138,10 +139,8 @@ class ShardWriter:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the state directory of a first shard
+    write_json(path, data)
 
 
 def completed_shard(out: Path, name: str, fingerprint: str) -> ShardResult | None:

@@ -26,24 +26,25 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.options import to_dict
 from ..formats import checkpoint as ckpt
+from ..formats.files import link_tree, replace_directory
+from ..formats.rundir import HUB_STAGING, HUB_STATE, MODEL_CONFIG, RunDir
 from ..hub.card import write_card
 from ..hub.client import (HubError, HubPusher, PushOutcome, RetryPolicy, Snapshot, call_with_retries, describe,
                           missing_on_hub, redact, say)
 # Re-exported: the Hub names a training run uses (the test double is wired in wikiart.hub.repo).
 from ..hub.repo import HubConfigError, check_repo_id, check_token, make_api, push_eval_card  # noqa: F401
 from ..runtime.ranks import raise_on_every_rank
-from .preemption import STOPPED_MARKER
 
 if TYPE_CHECKING:
     from .setup import Job
 
 TIMEOUT_ENV = "WIKIART_HUB_TIMEOUT"
 DEFAULT_FINAL_TIMEOUT = 600.0
-STAGING_DIR = ".hub_staging"
-STATE_SUBFOLDER = "training_state"
+STAGING_DIR = HUB_STAGING
+STATE_SUBFOLDER = HUB_STATE
 
 __all__ = ["HubConfigError", "HubError", "HubPusher", "HubSync", "PushOutcome", "RetryPolicy",
-           "Snapshot", "check_hub_config", "download_training_state", "push_eval_card", "redact",
+           "Snapshot", "check_hub_config", "download_training_state", "link_tree", "push_eval_card", "redact",
            "resolve_hub_resume"]
 
 
@@ -74,26 +75,10 @@ def check_hub_config(cfg: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 # The training loop's side
 # ---------------------------------------------------------------------------------------------
-def link_tree(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
-    """Hard-link (else copy) the files of `src` into `dst`.
-
-    Safe because best/ and checkpoints are always written to a new directory and renamed into
-    place, never rewritten: a later save makes new inodes and leaves the staged links intact.
-    """
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in src.iterdir():
-        if path.name in skip or not path.is_file():
-            continue
-        try:
-            os.link(path, dst / path.name)
-        except OSError:
-            shutil.copy2(path, dst / path.name)
-
-
 def write_run_card(job: "Job", folder: Path, repo_id: str | None = None) -> None:
     """The run's model card into the saved model `folder`: for the Hub repo `repo_id`, or (None)
     for best/ on disk, loaded by its path and named after the run (not the mixin's placeholder)."""
-    write_card(folder, repo_id or str(job.run_dir / "best"), title=None if repo_id else job.run_dir.name,
+    write_card(folder, repo_id or str(RunDir(job.run_dir).best), title=None if repo_id else job.run_dir.name,
                run_config=to_dict(job.cfg), manifest=job.manifest, split="val",
                world_size=job.accelerator.num_processes, steps=job.ctx.total_steps)
 
@@ -118,7 +103,7 @@ class HubSync:
     def __init__(self, job: "Job"):
         hub = job.cfg["hub"]
         self.job, self.repo_id, self.every = job, hub.push_to_hub, parse_every(hub.hub_every)
-        self.staging = job.run_dir / STAGING_DIR
+        self.staging = RunDir(job.run_dir).hub_staging
         shutil.rmtree(self.staging, ignore_errors=True)  # left by a crashed run
         self.pusher = HubPusher(self.repo_id, make_api, private=hub.hub_private)
         self._pushed_step, self._pushed_epoch = job.state.step, job.state.epoch
@@ -159,7 +144,7 @@ class HubSync:
     def submit(self, job: "Job") -> bool:
         """Stage best/ + the newest checkpoint + card and enqueue them; False if nothing new."""
         self._best_due = False
-        best, latest = job.run_dir / "best", ckpt.latest_checkpoint(job.run_dir)
+        best, latest = RunDir(job.run_dir).best, ckpt.latest_checkpoint(job.run_dir)
         key = (job.state.best_step, latest.name if latest else None)
         if key == self._submitted or (not best.is_dir() and latest is None):
             return False
@@ -203,7 +188,7 @@ class HubSync:
 
     def _at_exit(self) -> None:
         # A clean stop (STOPPED marker) pushes its state; a crash only awaits what was queued.
-        stopped = (self.job.run_dir / STOPPED_MARKER).is_file()
+        stopped = RunDir(self.job.run_dir).stopped.is_file()
         if stopped or self._submitted is not None:
             try:
                 self.finish(self.job, final=stopped)
@@ -214,7 +199,7 @@ class HubSync:
 # ---------------------------------------------------------------------------------------------
 # --resume hub
 # ---------------------------------------------------------------------------------------------
-BEST_PATTERNS = ("config.json", "model.safetensors", "metrics.json", "README.md")
+BEST_PATTERNS = (MODEL_CONFIG, "model.safetensors", "metrics.json", "README.md")
 
 
 def download_training_state(repo_id: str, run_dir: Path, api: Any = None,
@@ -222,7 +207,7 @@ def download_training_state(repo_id: str, run_dir: Path, api: Any = None,
     """Fetch `training_state/` of `repo_id` into `run_dir/checkpoints/step-N` (and the pushed
     model into `run_dir/best/` when the run has none); None if the Hub has no training state."""
     api = api if api is not None else make_api()
-    tmp = run_dir / f"{STAGING_DIR}-download"
+    tmp = RunDir(run_dir).hub_download
     patterns = [f"{STATE_SUBFOLDER}/*", *BEST_PATTERNS]
 
     def download() -> str:
@@ -243,7 +228,7 @@ def download_training_state(repo_id: str, run_dir: Path, api: Any = None,
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(dest, ignore_errors=True)
             os.replace(src, dest)
-        _adopt_best(tmp, run_dir / "best")
+        _adopt_best(tmp, RunDir(run_dir))
         say(f"hub: fetched the training state of step {step} from {repo_id}")
         return dest
     except HubError as exc:
@@ -255,17 +240,17 @@ def download_training_state(repo_id: str, run_dir: Path, api: Any = None,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _adopt_best(downloaded: Path, best: Path) -> None:
+def _adopt_best(downloaded: Path, run: RunDir) -> None:
     """The pushed best model becomes best/ of a run that has none (a fresh machine)."""
+    best, tmp = run.best, run.best_tmp
     if best.exists() or not all((downloaded / name).is_file() for name in BEST_PATTERNS[:2]):
         return
-    tmp = best.with_name("best.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name in BEST_PATTERNS:
         if (downloaded / name).is_file():
             os.replace(downloaded / name, tmp / name)
-    ckpt.replace_directory(tmp, best)
+    replace_directory(tmp, best)
 
 
 def resolve_hub_resume(cfg: dict[str, Any], run_dir: Path, accelerator: Any) -> str | None:

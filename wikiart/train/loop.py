@@ -14,10 +14,11 @@ import torch
 
 from ..config.options import DataConfig
 from ..data.loader import build_train_data
+from ..formats.rundir import RunDir
 from ..runtime.device import loader_workers
 from .engine import NonFiniteLossError, train_one_epoch
 from .optim import reset_optimizer_state
-from .preemption import EXIT_PREEMPTED, STOP_FILE_NAME, StopRequest
+from .preemption import EXIT_PREEMPTED, StopRequest
 from .setup import Job, run_validation, save_training_state, setup_job
 
 
@@ -133,7 +134,7 @@ class StepHooks:
 
 def stop_request_for(job: Job) -> StopRequest:
     train = job.cfg["train"]
-    stop_file = Path(train.stop_file) if train.stop_file else job.run_dir / STOP_FILE_NAME
+    stop_file = Path(train.stop_file) if train.stop_file else RunDir(job.run_dir).stop_file
     return StopRequest(job.accelerator, stop_file, train.stop_check_every)
 
 

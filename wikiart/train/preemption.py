@@ -11,7 +11,6 @@ process also writes `OUT/STOPPED` (JSON: step, reason); a new run removes it at 
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from pathlib import Path
@@ -19,9 +18,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from ..formats.files import write_json
+from ..formats.rundir import RunDir
+
 EXIT_PREEMPTED = 75
-STOP_FILE_NAME = "STOP"
-STOPPED_MARKER = "STOPPED"
 
 
 class StopRequest:
@@ -61,5 +61,5 @@ class StopRequest:
         stop file so the resumed run does not stop at once."""
         if self.accelerator.is_main_process:
             marker = {"step": step, "reason": self.reason or "--stop-at-step"}
-            (run_dir / STOPPED_MARKER).write_text(json.dumps(marker) + "\n")
+            write_json(RunDir(run_dir).stopped, marker, indent=None, ensure_ascii=True)
             self.stop_file.unlink(missing_ok=True)

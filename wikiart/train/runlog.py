@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..formats.rundir import RunDir
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -35,7 +37,7 @@ class RunLogger:
     def __init__(self, run_dir: str | Path, accelerator, total_steps: int, show_progress: bool = True):
         self.accelerator = accelerator
         self.enabled = accelerator.is_main_process
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.console = Console(stderr=False, highlight=False)
         self.total_steps = total_steps
         self._progress: Progress | None = None

@@ -15,6 +15,8 @@ import torch
 from accelerate import Accelerator
 
 from ..formats import checkpoint as ckpt
+from ..formats.files import write_json
+from ..formats.rundir import RunDir, record_weights_kind
 from ..model.backbones import fetch_pretrained
 from ..config.options import DataConfig, to_dict
 from ..data.loader import (balance_weigher, build_eval_data, eval_filter, eval_samples_for, intersection_only,
@@ -24,7 +26,7 @@ from ..runtime.accelerator import make_accelerator
 from ..runtime.device import apply_device_defaults, resolve_mixed_precision
 from ..evaluate.score import evaluate
 from .engine import LoopContext
-from ..model.load import check_class_names, record_weights_kind
+from ..model.load import check_class_names
 from .hub_sync import HubSync, check_hub_config, resolve_hub_resume, write_run_card
 from ..formats.labels import BASE_TASKS, heads_for_task
 from ..formats.manifest import Manifest, load_manifest
@@ -33,12 +35,8 @@ from .mixing import Mixer
 from ..model.classifier import CNNRNNClassifier, from_config
 from .optim import HYPERPARAMETERS, ModelEMA, build_optimizer, restore_hyperparameters
 from .recipe import check_resume_recipe, freeze_plan_for, resolve_batch_scaling, schedule_for, starts_pretrained
-from .preemption import STOPPED_MARKER
 from ..runtime.ranks import raise_on_every_rank
 from .runlog import RunLogger
-
-RUN_CONFIG = "config.json"
-
 
 class RunDirError(RuntimeError):
     """The output directory holds another run, or cannot be used."""
@@ -56,10 +54,6 @@ def build_accelerator(cfg: dict[str, Any]) -> Accelerator:
     return accelerator
 
 
-def _holds_run(run_dir: Path) -> bool:
-    return (run_dir / RUN_CONFIG).exists() or ckpt.checkpoint_root(run_dir).exists()
-
-
 def check_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
     """Refuse an --out that is not a directory or holds another run (unless --resume or
     --overwrite). Writes nothing. The main process looks and every rank raises alike: an
@@ -70,7 +64,7 @@ def check_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
     if accelerator.is_main_process:
         if run_dir.exists() and not run_dir.is_dir():
             error = RunDirError(f"--out {run_dir} is a file, not a directory")
-        elif _holds_run(run_dir) and train.resume is None and not train.overwrite:
+        elif RunDir(run_dir).holds_run() and train.resume is None and not train.overwrite:
             error = RunDirError(f"--out {run_dir} already holds a run; pass --resume auto to continue it or "
                                 f"--overwrite to start over")
     raise_on_every_rank(accelerator, error)
@@ -81,18 +75,15 @@ def prepare_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
     """Create the run directory and save the resolved config: the first write of a run, so it
     comes after `check_run_dir` and every other check (bad input leaves --out untouched)."""
     train = cfg["train"]
-    run_dir = Path(train.out)
+    run = RunDir(train.out)
     if accelerator.is_main_process:
-        if _holds_run(run_dir) and train.resume is None:  # --overwrite (check_run_dir refused the rest)
-            for name in (ckpt.CHECKPOINT_DIR, "best", "metrics.jsonl", RUN_CONFIG):
-                target = run_dir / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / STOPPED_MARKER).unlink(missing_ok=True)  # this start answers the last stop
-        saved = to_dict(cfg)
-        (run_dir / RUN_CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        if run.holds_run() and train.resume is None:  # --overwrite (check_run_dir refused the rest)
+            run.remove_previous_run()
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.stopped.unlink(missing_ok=True)  # this start answers the last stop
+        write_json(run.config, to_dict(cfg), indent=2, sort_keys=True, ensure_ascii=True)
     accelerator.wait_for_everyone()
-    return run_dir
+    return run.path
 
 
 def check_manifest_for_task(manifest: Manifest, task: str) -> tuple[str, ...]:
@@ -169,15 +160,7 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     manifest = load_manifest(data.shards)
     heads = check_manifest_for_task(manifest, data.task)
     run_dir = check_run_dir(cfg, accelerator)
-    # A resumed run's weights come from its checkpoint: it needs no ImageNet file (an offline node
-    # without the cache resumes all the same), and the freeze plan still follows the run's flags.
-    resumes = train.resume not in (None, "hub") and ckpt.resolve_resume(train.resume, run_dir) is not None
-    if not resumes:
-        fetch_pretrained(cfg["model"], accelerator)  # each node's main rank downloads missing weights
-    model = build_model(without_imagenet_weights(cfg) if resumes else cfg, manifest, heads)
-    optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
-    ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
-    state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator)
+    model, optimizer, ema, state, extra = _model_and_state(cfg, accelerator, manifest, heads, run_dir)
     # Sized after the resume (an older checkpoint keeps its epochs); raises for a --grad-accum too large.
     steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum, state.labelled_epochs)
     mixer = checked_mixer(cfg, manifest, heads)
@@ -211,6 +194,22 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     job = Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
     job.hub = HubSync.for_job(job)
     return job
+
+
+def _model_and_state(cfg: dict[str, Any], accelerator: Accelerator, manifest: Manifest, heads: tuple[str, ...],
+                     run_dir: Path) -> tuple[CNNRNNClassifier, torch.optim.Optimizer, ModelEMA | None, Any, dict]:
+    """The model, optimizer and EMA, with the checkpoint's state loaded when resuming."""
+    train, optim_cfg = cfg["train"], cfg["optim"]
+    # A resumed run's weights come from its checkpoint: it needs no ImageNet file (an offline node
+    # without the cache resumes all the same), and the freeze plan still follows the run's flags.
+    resumes = train.resume not in (None, "hub") and ckpt.resolve_resume(train.resume, run_dir) is not None
+    if not resumes:
+        fetch_pretrained(cfg["model"], accelerator)  # each node's main rank downloads missing weights
+    model = build_model(without_imagenet_weights(cfg) if resumes else cfg, manifest, heads)
+    optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
+    ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
+    state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator)
+    return model, optimizer, ema, state, extra
 
 
 def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path,
@@ -275,7 +274,7 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
     """The config.json of the run a checkpoint belongs to (None when absent or unreadable)."""
     try:
-        return json.loads((run_dir / RUN_CONFIG).read_text())
+        return json.loads(RunDir(run_dir).config.read_text())
     except (OSError, ValueError):
         return None
 
@@ -324,7 +323,7 @@ def save_best(job: Job, metrics: dict[str, float]) -> None:
         try:
             _write_best(job, metrics)
         except ckpt.WRITE_ERRORS as exc:
-            error = ckpt.write_failure(str(job.run_dir / "best"), exc, "the previous best/ is intact")
+            error = ckpt.write_failure(str(RunDir(job.run_dir).best), exc, "the previous best/ is intact")
         if error is None and job.hub is not None:
             job.hub.on_best(job)  # stages links and enqueues: returns at once
     raise_on_every_rank(acc, error)
@@ -332,7 +331,8 @@ def save_best(job: Job, metrics: dict[str, float]) -> None:
 
 def _write_best(job: Job, metrics: dict[str, float]) -> None:
     net = job.accelerator.unwrap_model(job.ctx.model)
-    tmp = job.run_dir / "best.tmp"
+    run = RunDir(job.run_dir)
+    tmp = run.best_tmp
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if job.ctx.ema is not None:
@@ -340,10 +340,10 @@ def _write_best(job: Job, metrics: dict[str, float]) -> None:
                 net.save_pretrained(tmp)
         else:
             net.save_pretrained(tmp)
-        (tmp / "metrics.json").write_text(json.dumps({"step": job.state.step, **metrics}, indent=1) + "\n")
+        write_json(tmp / "metrics.json", {"step": job.state.step, **metrics}, ensure_ascii=True)
         record_weights_kind(tmp, "ema" if job.ctx.ema is not None else "model")
         write_run_card(job, tmp)  # our card, not save_pretrained's placeholder README.md
-        ckpt.replace_directory(tmp, job.run_dir / "best")
+        ckpt.replace_directory(tmp, run.best)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
