@@ -41,7 +41,7 @@ class RecordingHfApi:
         self.error = error or http_error(503, "503 Service Unavailable")
         self.block, self.started = block, threading.Event()
 
-    def __call__(self) -> "RecordingHfApi":  # so an instance can serve as hub.API_FACTORY
+    def __call__(self) -> "RecordingHfApi":  # so an instance can serve as hub.repo.API_FACTORY
         return self
 
     def remote(self, repo_id: str) -> Path:

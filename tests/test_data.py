@@ -237,7 +237,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
     keys = keys_of(info.loader)
     assert sorted(keys) == sorted(set(split_keys(manifest, "val")) - bad)
     assert info.corrupt.count == 3  # counted across worker processes
-    with caplog.at_level(logging.WARNING, logger="wikiart.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="wikiart.formats.shard"):
         info, batches = train_epoch(manifest, config(), world=1)
     assert len(batches) == info.num_batches == 5 and all(len(b["key"]) == 8 for b in batches)
     assert not {f"train{i:05d}" for i in CORRUPT} & set(keys_of(batches))
@@ -374,7 +374,7 @@ def test_damaged_compressed_shard_keeps_the_samples_before_the_damage(tmp_path, 
     else:
         data[len(data) // 2: len(data) // 2 + 300] = bytes(300)
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="wikiart.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="wikiart.formats.shard"):
         samples = list(iter_shard(str(path)))
     # bzip2 compresses in 900 kB blocks: this whole shard is one, and any damage loses all of it.
     least = 0 if mode == "w:bz2" else 6
@@ -486,3 +486,30 @@ def test_the_census_counts_a_damaged_shard_as_the_loader_reads_it_and_names_a_mi
     os.remove(first)
     with pytest.raises(FileNotFoundError):
         census(load_manifest(copy), "val", dataclasses.replace(INTERSECTION, own_split=False))
+
+
+def test_the_shard_reader_groups_members_as_webdataset_does(tmp_path):
+    """formats.shard replaces webdataset's group_by_keys + base_plus_ext (whose import loads torch):
+    consecutive members sharing the name before the first dot form a sample, extensions lower-cased,
+    dotless members skipped, a repeated extension ends the shard as damage."""
+    import io
+    import tarfile
+    from webdataset.tariterators import group_by_keys
+    from wikiart.formats.shard import iter_shard
+    names = ["a.jpg", "a.json", "README", "b.JPG", "b.json", "dir/c.jpg", "c.json", "d.jpg", "d.jpg"]
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tar:
+        for i, name in enumerate(names):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"%02d" % i))
+    ours = [{k: v for k, v in s.items() if k != "__url__"} for s in iter_shard(path)]
+    theirs = []
+    files = [{"fname": n, "data": b"%02d" % i, "__url__": str(path)} for i, n in enumerate(names)]
+    try:
+        for s in group_by_keys(iter(files)):
+            theirs.append({k: v for k, v in s.items() if k != "__url__"})
+    except ValueError:
+        pass  # the repeated d.jpg: webdataset raises, our reader logs and ends the shard
+    assert ours == theirs == [{"__key__": "a", "jpg": b"00", "json": b"01"}, {"__key__": "b", "jpg": b"03", "json": b"04"},
+                              {"__key__": "dir/c", "jpg": b"05"}, {"__key__": "c", "json": b"06"}]

@@ -1,7 +1,7 @@
 """Reusable buffers for the loader's image batches, handed back by the consumer.
 
 A DataLoader worker passes each batch to the training process through shared memory, and
-PyTorch's collation (like `data_stream.stack`) puts every batch into a fresh segment. Writing
+PyTorch's collation (like `data.stream.stack`) puts every batch into a fresh segment. Writing
 into fresh memory faults in every page of it: on the 2-core development VM about 9 ms per
 16 x 384 x 384 uint8 batch, against 1 ms for writing the same batch into memory already
 faulted in - about 0.5 ms of a loader worker's ~4.5 ms per sample (`benchmarks/loader.py`).
@@ -61,7 +61,7 @@ class BatchBuffers:
         """`torch.stack(tensors)` written into a free slot of `reader` -> (batch, handle).
 
         The handle goes into the batch for `release_batch`; None when every slot of the
-        reader is still in use: the batch is then in a fresh buffer, as `data_stream.stack` makes.
+        reader is still in use: the batch is then in a fresh buffer, as `data.stream.stack` makes.
         """
         slot, use = self._claim(reader)
         if slot is None:

@@ -244,7 +244,7 @@ def _init_worker(_worker_id: int) -> None:
     """SLURM signals every process of a job step, loader workers included; PyTorch's worker
     handler would die on SIGTERM and crash the rank before it can save. The main process
     handles the stop (wikiart.train.preemption) and ends its workers itself. Small tensors of a
-    batch travel by value (see `batch_buffers`)."""
+    batch travel by value (see `data.buffers`)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     send_small_tensors_inline()

@@ -1,4 +1,5 @@
-"""Low-level pieces of the sample streams: shard reading, validation, balancing, shuffling.
+"""Low-level pieces of the sample streams: validation, decoding, balancing, shuffling, collating
+(shard reading itself is `formats.shard`).
 
 Everything random here takes an explicit `numpy.random.Generator` seeded from (seed, epoch,
 reader, ...) so a stream is a pure function of its arguments; nothing touches global RNG state.
@@ -269,8 +270,8 @@ def collate(keys: list[str], images: list[torch.Tensor], labels: list[Mapping[st
     """The batch dict: image uint8 (B, 3, H, W) in channels_last layout (stacked HWC images),
     labels {task: LongTensor (B,)}, key list, and for training "aug" (B, AUG_SIZE) parameters.
 
-    `buffers` = (`batch_buffers.BatchBuffers`, reader): the images go into a reusable slot
-    and the batch names it under "buffer" (see `batch_buffers.release_batch`)."""
+    `buffers` = (`data.buffers.BatchBuffers`, reader): the images go into a reusable slot
+    and the batch names it under "buffer" (see `data.buffers.release_batch`)."""
     handle = None
     if buffers is None:
         pixels = stack(images)
@@ -283,7 +284,7 @@ def collate(keys: list[str], images: list[torch.Tensor], labels: list[Mapping[st
         "key": keys,
     }
     if aug is not None:
-        batch["aug"] = torch.stack(aug)  # small: sent by value (batch_buffers.send_small_tensors_inline)
+        batch["aug"] = torch.stack(aug)  # small: sent by value (data.buffers.send_small_tensors_inline)
     if handle is not None:
         batch["buffer"] = handle
     return batch

@@ -1,6 +1,6 @@
 """Per-sample image transforms of the loader workers, deterministic per sample.
 
-The workers do only what needs the single image: decode (in `data_stream`), the
+The workers do only what needs the single image: decode (in `data.stream`), the
 RandomResizedCrop/resize to the output size, the flip, and drawing every random parameter.
 They hand over uint8 pixels (4x fewer bytes to pin and copy than float) plus a small parameter
 vector per sample; colour jitter, erasing and normalisation run batched on the training device
@@ -88,7 +88,7 @@ def rrc_params(width: int, height: int, scale: Sequence[float], ratio: Sequence[
 
 def jitter_params(strengths: Sequence[float], gen: random.Random) -> list[float]:
     """ColorJitter's factor draws: brightness, contrast, saturation in [1 - s, 1 + s] (1 when
-    off) and the hue rotation angle in radians (0 when off; see `device_augment.jitter_affine`).
+    off) and the hue rotation angle in radians (0 when off; see `data.device.jitter_affine`).
 
     ColorJitter also draws a random op order; the four ops commute (before clamping) in the
     affine form applied on the device, so no order is drawn."""

@@ -58,7 +58,7 @@ JPEG_END_WINDOW = 64        # the loader wants the marker this close to the end 
 def jpeg_without_trailer(data: bytes) -> bytes | None:
     """A JPEG's bytes up to its last end-of-image marker, None if it has none. What follows the
     marker (padding, a camera's extra data) is not image data: decoders ignore it, but the
-    loader's truncation check (`data_stream.check_image_bytes`) looks only at the last bytes."""
+    loader's truncation check (`data.stream.check_image_bytes`) looks only at the last bytes."""
     end = data.rfind(JPEG_END)
     return data[:end + len(JPEG_END)] if end >= 0 else None
 

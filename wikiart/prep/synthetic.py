@@ -300,7 +300,7 @@ def build_synthetic_shards(out_dir: str | Path, n: int = 500, short_side: int = 
 
     Extra keyword arguments are BuildConfig fields (e.g. synthetic_artists=..., jpeg_quality=...).
     """
-    from .build import BuildConfig, build_shards  # late import: shards imports this module
+    from .build import BuildConfig, build_shards  # late import: build imports this module
 
     cfg = BuildConfig(out=str(out_dir), synthetic=n, synthetic_max_side=max_side, short_side=short_side,
                       seed=seed, val_frac=val_frac, min_shards=min_shards, min_val_shards=min_val_shards,

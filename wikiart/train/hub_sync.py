@@ -267,8 +267,3 @@ def resolve_hub_resume(cfg: dict[str, Any], run_dir: Path, accelerator: Any) -> 
                 ckpt.CheckpointError(f"--resume hub: {describe(exc)}")
     raise_on_every_rank(accelerator, error)  # every rank fails alike, none waits at a barrier
     return "auto"
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluate.py --push-to-hub
-# ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def hard_targets(labels: Mapping[str, torch.Tensor], num_classes: Mapping[str, i
     for task, y in labels.items():
         n = num_classes[task]
         # On a GPU this check would cost a host sync every step; there the loader has already
-        # validated every label against the manifest (data_stream.parse_sample).
+        # validated every label against the manifest (data.stream.parse_sample).
         if y.device.type == "cpu" and y.numel() and int(y.max()) >= n:
             raise ValueError(f"task {task!r}: label {int(y.max())} out of range 0..{n - 1}")
         mask = y >= 0
