@@ -104,7 +104,7 @@ def pipeline_rate(shards: Path, out: Path, args) -> tuple[float, list[float]]:
     if job.steps_per_epoch < job.ctx.total_steps:
         raise SystemExit(f"benchmarks.gpu: {job.steps_per_epoch} steps per epoch, {job.ctx.total_steps} wanted: "
                          f"raise --images")
-    data = build_train_data(job.manifest, job.cfg["data"], rank=0, world_size=1, epoch=0, seed=0)
+    data = build_train_data(job.manifest, job.cfg.data, rank=0, world_size=1, epoch=0, seed=0)
     with job.logger:
         job.logger.restart_clock(0)
         train_one_epoch(job.ctx, data.loader, job.state, job.steps_per_epoch, StepHooks(job, stop_request_for(job)))

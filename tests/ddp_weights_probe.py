@@ -35,7 +35,7 @@ def main() -> None:
     rank = job.accelerator.process_index
     torch.save({"final": final, "losses": LOSSES, "task_losses": TASK_LOSSES, "heads": list(job.ctx.heads),
                 "backbone": [n for n, _ in net.named_parameters() if n.startswith("backbone.")]},
-               Path(job.cfg["train"].out) / f"rank{rank}_weights.pt")
+               Path(job.cfg.train.out) / f"rank{rank}_weights.pt")
     sys.exit(result.get("exit_code", 0))
 
 

@@ -1,11 +1,11 @@
 """The config system: flags from dataclasses, presets < YAML < flags, errors that name the flag."""
 
+import dataclasses
 import json
 
 import pytest
 
-from wikiart.config.options import (TRAIN_SECTIONS, ConfigError, from_dict, load_yaml,
-                            parse_train_config, to_dict)
+from wikiart.config.options import TRAIN_SECTIONS, ConfigError, RunConfig, load_yaml, parse_train_config
 
 
 # Each notebook's recipe (shared/seed/*/..._final_wOutliers and combined/gcomb).
@@ -18,7 +18,7 @@ SEED = {"artist": dict(epochs=10, cosine_t_max=15, unfreeze_epoch=None),
 @pytest.mark.parametrize("task", list(SEED))
 def test_the_task_presets_are_the_seed_recipes(task):
     cfg = parse_train_config(["--task", task])
-    data, model, optim, train = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
+    data, model, optim, train = cfg.data, cfg.model, cfg.optim, cfg.train
     assert (train.epochs, optim.cosine_t_max, optim.unfreeze_epoch) == tuple(SEED[task].values())
     assert (data.image_size, data.batch_size, data.batch_scaling, data.balance) == (384, 64, "global", "inverse")
     assert (data.rrc_scale, data.rrc_ratio, data.color_jitter) == ((0.7, 1.0), (0.85, 1.15), (0.12, 0.12, 0.10, 0.03))
@@ -38,17 +38,17 @@ def test_yaml_overrides_preset_and_flags_override_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  unfreeze_epoch: 3\n  lr: 0.01\nbatch_size: 7\n")
     cfg = parse_train_config(["--task", "style", "--config", str(path), "--lr", "0.5"])
-    assert cfg["optim"].unfreeze_epoch == 3          # YAML beat the preset
-    assert cfg["optim"].lr == 0.5                    # the flag beat YAML
-    assert cfg["data"].batch_size == 7               # flat keys are routed to their section
+    assert cfg.optim.unfreeze_epoch == 3          # YAML beat the preset
+    assert cfg.optim.lr == 0.5                    # the flag beat YAML
+    assert cfg.data.batch_size == 7               # flat keys are routed to their section
 
 
 def test_yaml_can_choose_the_task_and_its_preset(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  task: combined\n")
     cfg = parse_train_config(["--config", str(path)])
-    assert cfg["data"].task == "combined" and cfg["train"].epochs == 20
-    assert cfg["optim"].unfreeze_epoch is None  # the notebook's unfreeze_epoch = 4 is never used
+    assert cfg.data.task == "combined" and cfg.train.epochs == 20
+    assert cfg.optim.unfreeze_epoch is None  # the notebook's unfreeze_epoch = 4 is never used
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -85,13 +85,28 @@ def test_bad_yaml_key_and_type_are_named(tmp_path, capsys):
 
 def test_optional_and_tuple_flags():
     cfg = parse_train_config(["--clip-grad", "none", "--rrc-scale", "0.5", "1.0", "--no-rnn"])
-    assert cfg["optim"].clip_grad is None
-    assert cfg["data"].rrc_scale == (0.5, 1.0)
-    assert cfg["model"].rnn is False
+    assert cfg.optim.clip_grad is None
+    assert cfg.data.rrc_scale == (0.5, 1.0)
+    assert cfg.model.rnn is False
 
 
 def test_resolved_config_round_trips_through_json():
     cfg = parse_train_config(["--task", "combined", "--image-size", "48"])
-    data = json.loads(json.dumps(to_dict(cfg)))
-    again = from_dict(TRAIN_SECTIONS, data)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    again = RunConfig.from_dict(data)
     assert again == cfg
+
+
+def test_the_config_root_is_typed_and_frozen_all_the_way_down():
+    """parse_train_config gives a RunConfig of the five sections; no stage can change what ran
+    behind config.json's back: a resolved value is a new RunConfig, the original stays as it was."""
+    cfg = parse_train_config(["--task", "style", "--batch-size", "16"])
+    assert isinstance(cfg, RunConfig) and [f.name for f in dataclasses.fields(cfg)] == list(TRAIN_SECTIONS)
+    assert all(isinstance(getattr(cfg, name), cls) for name, cls in TRAIN_SECTIONS.items())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data.batch_size = 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data = cfg.data
+    resolved = cfg.replace(data=dataclasses.replace(cfg.data, batch_size=8))
+    assert (resolved.data.batch_size, cfg.data.batch_size) == (8, 16)
+    assert resolved.optim is cfg.optim and resolved.to_dict()["data"]["batch_size"] == 8

@@ -6,7 +6,7 @@ import json
 
 from huggingface_hub import ModelCard
 
-from wikiart.config.options import parse_train_config, to_dict
+from wikiart.config.options import parse_train_config
 from wikiart.formats.manifest import load_manifest
 from wikiart.hub.card import METRICS_START, build_card, update_card_metrics
 
@@ -23,7 +23,7 @@ def test_card_carries_run_facts_and_a_valid_header(synthetic_shards):
                               "--epochs", "3", "--lr", "0.002"])
     model_config = {"backbone": "resnet18", "class_names": {"genre": names}, "image_size": 32, "use_rnn": True,
                     "rnn_hidden": 16, "rnn_layers": 1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    card = build_card(REPO, model_config, run_config=to_dict(cfg), manifest=manifest, metrics=METRICS,
+    card = build_card(REPO, model_config, run_config=cfg.to_dict(), manifest=manifest, metrics=METRICS,
                       step=40, world_size=2, steps=120)
     parsed = ModelCard(str(card))
     data = parsed.data.to_dict()

@@ -87,7 +87,7 @@ def test_the_task_presets_freeze_only_a_pretrained_backbone():
     from wikiart.config.options import parse_train_config
     from wikiart.train.recipe import freeze_stem_for, unfreeze_epoch_for
     style = parse_train_config(["--task", "style", "--shards", "s", "--no-pretrained"])
-    assert style["optim"].unfreeze_epoch == 7 and unfreeze_epoch_for(style) is None  # random: trains at once
+    assert style.optim.unfreeze_epoch == 7 and unfreeze_epoch_for(style) is None  # random: trains at once
     assert not freeze_stem_for(style)
     for flags in ([], ["--pretrained-path", "w.pth"]):  # []: ImageNet weights by default
         cfg = parse_train_config(["--task", "style", "--shards", "s", *flags])

@@ -132,11 +132,11 @@ def test_two_ranks_agree_on_the_stop_step_and_stay_identical_through_unfreezing(
 
 def initial_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """Rebuild the seed-determined initial weights of the run (same config, same seed)."""
-    from wikiart.config.options import TRAIN_SECTIONS, from_dict
+    from wikiart.config.options import RunConfig
     from wikiart.formats.manifest import load_manifest
     from wikiart.train.setup import build_model
-    cfg = from_dict(TRAIN_SECTIONS, json.loads((run_dir / "config.json").read_text()))
-    return build_model(cfg, load_manifest(cfg["data"].shards), ("genre",)).state_dict()
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    return build_model(cfg, load_manifest(cfg.data.shards), ("genre",)).state_dict()
 
 
 @pytest.mark.slow

@@ -154,8 +154,8 @@ def test_batch_scaling_keeps_the_seed_global_batch_or_scales_the_learning_rate(s
     from wikiart.config.options import parse_train_config
     from wikiart.train.recipe import resolve_batch_scaling
     cfg, line = resolve_batch_scaling(parse_train_config(["--task", "genre", "--batch-scaling", scaling]), ranks)
-    assert cfg["data"].batch_size == per_rank and cfg["data"].batch_scaling == "per-rank"  # what config.json records
-    assert (cfg["optim"].lr, cfg["optim"].backbone_lr) == pytest.approx((8e-4 * lr_scale, 1.5e-4 * lr_scale))
+    assert cfg.data.batch_size == per_rank and cfg.data.batch_scaling == "per-rank"  # what config.json records
+    assert (cfg.optim.lr, cfg.optim.backbone_lr) == pytest.approx((8e-4 * lr_scale, 1.5e-4 * lr_scale))
     assert f"global batch {per_rank * ranks} = {ranks} rank(s) x {per_rank}" in line and scaling in line
 
 
@@ -169,10 +169,10 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused():
 def test_a_run_older_than_the_seed_options_resumes_and_evaluates_as_it_ran():
     """A config.json written before an option existed ran with that option's earlier behaviour:
     resuming it under other flags is refused in one line; evaluation rebuilds the model it had."""
-    from wikiart.config.options import TRAIN_SECTIONS, from_dict, parse_train_config
+    from wikiart.config.options import RunConfig, parse_train_config
     from wikiart.train.recipe import check_resume_recipe, with_earlier_defaults
     old = {"model": {"backbone": "resnet18"}, "optim": {"lr": 0.001}, "data": {"task": "combined"}}
-    assert from_dict(TRAIN_SECTIONS, with_earlier_defaults(old))["model"].attention_pool == "mlp"
+    assert RunConfig.from_dict(with_earlier_defaults(old)).model.attention_pool == "mlp"
     now = parse_train_config(["--task", "combined"])
     with pytest.raises(ValueError, match="--attention-pool mlp --exclude-norm-bias-decay --combined-data union"):
         check_resume_recipe(now, old, "checkpoint X")

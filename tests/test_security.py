@@ -148,7 +148,7 @@ def tiny_model(synthetic_shards: Path):
 def poisoned_run(synthetic_shards, tmp_path) -> tuple[Path, Path, Path]:
     """(run dir, checkpoint, marker): a complete training checkpoint of a tiny genre model whose
     optimizer.pt and extra.pt unpickle into a command that creates `marker`."""
-    from wikiart.config.options import parse_train_config, to_dict
+    from wikiart.config.options import parse_train_config
 
     run = tmp_path / "run"
     model = tiny_model(synthetic_shards)
@@ -156,7 +156,7 @@ def poisoned_run(synthetic_shards, tmp_path) -> tuple[Path, Path, Path]:
                                 {"class_names": model.class_names_dict()})
     cfg = parse_train_config(["--task", "genre", "--backbone", "resnet18", "--image-size", "32", "--proj-dim", "8",
                               "--rnn-hidden", "8", "--rnn-layers", "1", "--no-pretrained"])
-    (run / "config.json").write_text(json.dumps(to_dict(cfg)))
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     marker = tmp_path / "PWNED"
     torch.save({"state": {}, "param_groups": [], "evil": Payload(marker)}, path / "optimizer.pt")
     torch.save({"class_names": model.class_names_dict(), "evil": Payload(marker)}, path / "extra.pt")

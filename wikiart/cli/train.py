@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (`wikiart-train`, `train.py`); argv None: sys.argv[1:]."""
     def command() -> int:
         cfg = parse_train_config(argv)
-        with collective_failures(cfg["train"].collective_timeout):  # a lost rank: one clear line, exit 1
+        with collective_failures(cfg.train.collective_timeout):  # a lost rank: one clear line, exit 1
             result = train(cfg)
         return result.get("exit_code", 0)
     return run_cli(PROG, command, extra_errors=TRAIN_ERRORS)

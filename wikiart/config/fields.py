@@ -154,13 +154,15 @@ def validate(obj: Any) -> None:
                 raise ConfigError(f"{name}: must be {rel} {low}, got {v}")
 
 
-def apply_values(obj: Any, values: Mapping[str, Any], source: str) -> None:
+def apply_values(obj: Any, values: Mapping[str, Any], source: str) -> Any:
+    """A copy of the section `obj` with `values` checked and applied (sections may be frozen)."""
     hints = _field_types(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"{source}: unknown key {key!r}")
-        setattr(obj, key, _coerce(value, hints[key], f"{source}: {key}"))
+    unknown = [key for key in values if key not in names]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
+    return dataclasses.replace(obj, **{key: _coerce(value, hints[key], f"{source}: {key}")
+                                       for key, value in values.items()})
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -226,12 +228,11 @@ def parse_config(sections: Mapping[str, type], argv: Sequence[str] | None, descr
         if presets and preset_key:
             key_value = _lookup(preset_key, cli_values, yaml_values, objs)
             preset = _split_by_section(presets.get(key_value, {}), objs, f"preset {key_value!r}")
-            for sec, obj in objs.items():
-                apply_values(obj, preset[sec], f"preset {key_value!r}")
+            objs = {sec: apply_values(obj, preset[sec], f"preset {key_value!r}") for sec, obj in objs.items()}
         for sec, obj in objs.items():
-            apply_values(obj, yaml_values[sec], f"--config {config_file}")
-            apply_values(obj, cli_values[sec], "command line")
-            validate(obj)
+            obj = apply_values(obj, yaml_values[sec], f"--config {config_file}")
+            objs[sec] = apply_values(obj, cli_values[sec], "command line")
+            validate(objs[sec])
     except ConfigError as exc:
         parser.error(str(exc))
     return objs

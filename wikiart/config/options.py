@@ -22,7 +22,7 @@ EVAL_RESIZE_RATIO = 416 / 384  # the seed's eval resize of the shorter side rela
 BACKBONES_HELP = "resnet18/34/50/101/152, convnext_tiny, efficientnet_v2_s, or another torchvision model"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     task: str = opt("genre", "what to classify", choices=TASK_CHOICES)
     shards: str = opt("shards", "directory with the WebDataset shards and manifest.json")
@@ -57,7 +57,7 @@ class DataConfig:
     hflip: bool = opt(True, "random horizontal flip")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     backbone: str = opt("resnet50", "torchvision backbone: " + BACKBONES_HELP)
     pretrained: bool = opt(True, "start from torchvision ImageNet weights, downloaded into the torch hub cache "
@@ -77,7 +77,7 @@ class ModelConfig:
     compile: bool = opt(False, "torch.compile the model (falls back to eager if compiling fails)")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     lr: float = opt(8e-4, "learning rate of the new modules (projection, GRUs, pooling, heads)",
                     min=0.0, exclusive_min=True)
@@ -114,7 +114,7 @@ class OptimConfig:
     ema_decay: float | None = opt(None, "EMA of weights with this decay (none: off)", min=0.0)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     out: str = opt("runs/default", "run directory (checkpoints, best/, metrics.jsonl)")
     epochs: int = opt(10, "training epochs", min=1)
@@ -142,7 +142,7 @@ class TrainConfig:
                                   min=1)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class HubConfig:
     push_to_hub: str | None = opt(None, "Hugging Face Hub repo id to push best/ to")
     hub_private: bool = opt(False, "create the Hub repo private")
@@ -151,6 +151,34 @@ class HubConfig:
 
 TRAIN_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
                                    "train": TrainConfig, "hub": HubConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A training run's whole configuration, one frozen section per concern (TRAIN_SECTIONS).
+
+    Frozen all the way down: what `config.json` records is what ran, and a stage that resolves a
+    default (the device's precision, the per-rank batch) says so by building a new one (`replace`).
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig
+    train: TrainConfig
+    hub: HubConfig
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        """A copy with whole sections swapped: `cfg.replace(data=dataclasses.replace(cfg.data, ...))`."""
+        return dataclasses.replace(self, **sections)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain data, as saved in a run's config.json."""
+        return to_dict({name: getattr(self, name) for name in TRAIN_SECTIONS})
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RunConfig":
+        """Back from `to_dict` output (a config.json); keys unknown to this version are ignored."""
+        return cls(**from_dict(TRAIN_SECTIONS, data))
 
 # The recipe per task (the defaults above are genre's). Applied before YAML and flags.
 # The seed notebooks' recipes (docs/seed.md, "Seed recipe vs options"): artist/genre run 10 epochs of a
@@ -164,10 +192,10 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def parse_train_config(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config(TRAIN_SECTIONS, argv, "Train the WikiArt CNN-RNN classifier.",
-                       presets=TASK_PRESETS, preset_key="task", prog="train.py")
-    check_eval_resize(cfg["data"].eval_resize, cfg["data"].image_size)
+def parse_train_config(argv: Sequence[str] | None = None) -> RunConfig:
+    cfg = RunConfig(**parse_config(TRAIN_SECTIONS, argv, "Train the WikiArt CNN-RNN classifier.",
+                                   presets=TASK_PRESETS, preset_key="task", prog="train.py"))
+    check_eval_resize(cfg.data.eval_resize, cfg.data.image_size)
     return cfg
 
 
@@ -238,9 +266,8 @@ def parse_predict_config(argv: Sequence[str] | None = None) -> PredictConfig:
     parser = build_parser({"predict": PredictConfig}, description, prog="wikiart-predict",
                           with_config_file=False)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
-    cfg = PredictConfig()
     try:
-        apply_values(cfg, vars(parser.parse_args(argv)), "command line")
+        cfg = apply_values(PredictConfig(), vars(parser.parse_args(argv)), "command line")
         validate(cfg)
     except ConfigError as exc:
         parser.error(str(exc))

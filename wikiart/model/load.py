@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from ..formats import checkpoint as ckpt
 from ..formats.manifest import Manifest
 from ..formats.rundir import MODEL_CONFIG, RunDir, read_weights_kind
-from ..config.options import TRAIN_SECTIONS, DataConfig, check_eval_resize, from_dict, with_earlier_defaults
+from ..config.options import DataConfig, RunConfig, check_eval_resize, with_earlier_defaults
 from .classifier import CNNRNNClassifier
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -142,7 +142,7 @@ def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
 
 def _run_eval_resize(run_dir: Path) -> int | None:
     data = _read_run_config(run_dir)
-    return from_dict(TRAIN_SECTIONS, data)["data"].eval_resize if data else None
+    return RunConfig.from_dict(data).data.eval_resize if data else None
 
 
 def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
@@ -151,7 +151,7 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
     if data is None:
         raise ckpt.CheckpointError(f"training checkpoint {path}: its run's {RunDir(run_dir).config.name} is "
                                    f"missing or unreadable at {RunDir(run_dir).config}")
-    cfg = from_dict(TRAIN_SECTIONS, with_earlier_defaults(data))  # a run older than some options
+    cfg = RunConfig.from_dict(with_earlier_defaults(data))  # a run older than some options
     try:
         state = json.loads((path / "state.json").read_text())
         # Only the weights and extra.pt: the optimizer state (2x the model) is not needed here.
@@ -165,15 +165,15 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
     if use_ema and "ema" in extra:
         weights, kind = extra["ema"]["shadow"], "ema"
     # The weights come from the checkpoint: never load ImageNet weights on top.
-    model_cfg = dataclasses.replace(cfg["model"], pretrained=False, pretrained_path=None)
-    model = CNNRNNClassifier.from_config(model_cfg, extra["class_names"], cfg["data"].image_size,
-                                         cfg["data"].eval_resize)
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None)
+    model = CNNRNNClassifier.from_config(model_cfg, extra["class_names"], cfg.data.image_size,
+                                         cfg.data.eval_resize)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of {RunDir(run_dir).config}: "
                                    f"{str(exc).splitlines()[0]}") from exc
-    return LoadedModel(model.eval(), "training-state", str(path), cfg["data"].eval_resize,
+    return LoadedModel(model.eval(), "training-state", str(path), cfg.data.eval_resize,
                        step=int(state.get("step", 0)), weights=kind)
 
 

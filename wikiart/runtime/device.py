@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
-
 import torch
+
+from ..config.options import RunConfig
 
 MAX_WORKERS_PER_GPU = 12   # beyond this the shard readers stop scaling (I/O, shuffle buffers)
 CPU_WORKERS = 2
@@ -57,17 +57,16 @@ def resolve_mixed_precision(requested: str | None) -> str | None:
     return requested if requested is not None else default_mixed_precision(torch.cuda.is_available())
 
 
-def apply_device_defaults(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def apply_device_defaults(cfg: RunConfig, device: torch.device) -> RunConfig:
     """A copy of `cfg` with every machine-dependent None resolved for `device`."""
     on_cuda = device.type == "cuda"
-    data, model = cfg["data"], cfg["model"]
-    out = dict(cfg)
+    data, model = cfg.data, cfg.model
     if data.workers is None:
-        out["data"] = dataclasses.replace(data, workers=default_workers(on_cuda, local_ranks()))
+        data = dataclasses.replace(data, workers=default_workers(on_cuda, local_ranks()))
     if model.channels_last is None:
-        out["model"] = dataclasses.replace(model, channels_last=on_cuda)
+        model = dataclasses.replace(model, channels_last=on_cuda)
     if on_cuda:
         torch.backends.cudnn.benchmark = True           # fixed input size: autotune once
         torch.backends.cuda.matmul.allow_tf32 = True    # fp32 leftovers (heads, GRU) on tensor cores
         torch.backends.cudnn.allow_tf32 = True
-    return out
+    return cfg.replace(data=data, model=model)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from accelerate import Accelerator
 
+from ..config.options import RunConfig
 from ..data.buffers import release_batch
 from ..formats.checkpoint import TrainState
 from ..data.device import DeviceAugment
@@ -41,18 +42,14 @@ class LoopContext:
     optimizer: torch.optim.Optimizer       # prepared
     mixer: Mixer
     freeze: FreezePlan
-    heads: tuple[str, ...]
-    smoothing: float
-    task_weights: dict[str, float]
-    clip_grad: float | None
-    grad_accum: int
-    total_steps: int
+    cfg: RunConfig                         # the run's resolved configuration: read here, never copied
+    heads: tuple[str, ...]                 # derived: the task's heads
+    task_weights: dict[str, float]         # derived: --task-weights of those heads
+    total_steps: int                       # derived: the run's optimizer steps
     schedule: LRSchedule                   # the learning rate of every group at (step, epoch)
-    seed: int
-    stop_on_nonfinite: bool
+    stop_on_nonfinite: bool                # derived: no loss scaler to skip a non-finite step
     augment: DeviceAugment                 # the batch's jitter / erasing / normalisation
     ema: ModelEMA | None = None
-    channels_last: bool = False
     loss_scale: float | None = None        # fp16: the scaler's scale after the last step (host value)
 
 
@@ -64,14 +61,14 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     """One optimizer step over `grad_accum` micro-batches. Returns detached loss tensors."""
     acc, model = ctx.accelerator, ctx.model
     saved_buffers = BufferSnapshot(model) if acc.scaler is not None else None
-    generator = torch.Generator().manual_seed(step_seed(ctx.seed, state.step))
-    torch.manual_seed(step_seed(ctx.seed, state.step, acc.process_index))  # dropout
+    generator = torch.Generator().manual_seed(step_seed(ctx.cfg.train.seed, state.step))
+    torch.manual_seed(step_seed(ctx.cfg.train.seed, state.step, acc.process_index))  # dropout
     ctx.optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=acc.device)
     task_loss_sums = torch.zeros(len(ctx.heads), device=acc.device)  # per head: sum over labelled rows
     task_rows = torch.zeros(len(ctx.heads), device=acc.device)
     for i, batch in enumerate(micro_batches):
-        images = ctx.augment(batch, acc.device, step_seed(ctx.seed, state.step, acc.process_index) + i)
+        images = ctx.augment(batch, acc.device, step_seed(ctx.cfg.train.seed, state.step, acc.process_index) + i)
         release_batch(batch)  # the device stage copied the pixels: the loader may reuse the buffer
         if fault_point("train.batch"):  # WIKIART_FAULT=train.batch@N:nan, the non-finite tests
             images[:1].fill_(float("nan"))
@@ -80,7 +77,7 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(model)
         with sync, acc.autocast():
-            loss, parts = multitask_loss(model(images), targets, ctx.smoothing, ctx.task_weights)
+            loss, parts = multitask_loss(model(images), targets, ctx.cfg.optim.label_smoothing, ctx.task_weights)
             acc.backward(loss / len(micro_batches))
         total += loss.detach() / len(micro_batches)
         for i_head, task in enumerate(ctx.heads):
@@ -90,8 +87,8 @@ def train_step(ctx: LoopContext, micro_batches: list[dict[str, Any]], state: Tra
     fault_point("train.step")
     ctx.freeze.zero_frozen_grads(model.parameters(), state.epoch)
     grad_norm = None
-    if ctx.clip_grad is not None:
-        grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.clip_grad)
+    if ctx.cfg.optim.clip_grad is not None:
+        grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.cfg.optim.clip_grad)
     apply_lr(ctx.optimizer, ctx.schedule, state.step, state.epoch)
     skipped = _optimizer_step(ctx)
     if skipped:
@@ -158,8 +155,8 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable[dict[str, Any]], state: T
     """
     ctx.model.train()
     ctx.freeze.apply_bn_mode(ctx.accelerator.unwrap_model(ctx.model), state.epoch)
-    done_in_epoch = state.batch_in_epoch // ctx.grad_accum
-    for group in _micro_batch_groups(iter(loader), ctx.grad_accum):
+    done_in_epoch = state.batch_in_epoch // ctx.cfg.train.grad_accum
+    for group in _micro_batch_groups(iter(loader), ctx.cfg.train.grad_accum):
         if done_in_epoch >= steps_this_epoch:
             break
         metrics = train_step(ctx, group, state)

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config.options import to_dict
+from ..config.options import RunConfig
 from ..formats import checkpoint as ckpt
 from ..formats.files import link_tree, replace_directory
 from ..formats.rundir import HUB_STAGING, HUB_STATE, MODEL_CONFIG, RunDir
@@ -60,9 +60,9 @@ def parse_every(text: str) -> str | int:
     raise HubConfigError(f"--hub-every: expected 'best', 'epoch' or a number of steps, got {text!r}")
 
 
-def check_hub_config(cfg: dict[str, Any]) -> None:
+def check_hub_config(cfg: RunConfig) -> None:
     """Reject bad Hub flags and a missing token before anything is trained or written."""
-    hub, resume = cfg["hub"], cfg["train"].resume
+    hub, resume = cfg.hub, cfg.train.resume
     if hub.push_to_hub is None:
         if resume == "hub":
             raise HubConfigError("--resume hub: also pass --push-to-hub REPO_ID (the repo to resume from)")
@@ -79,7 +79,7 @@ def write_run_card(job: "Job", folder: Path, repo_id: str | None = None) -> None
     """The run's model card into the saved model `folder`: for the Hub repo `repo_id`, or (None)
     for best/ on disk, loaded by its path and named after the run (not the mixin's placeholder)."""
     write_card(folder, repo_id or str(RunDir(job.run_dir).best), title=None if repo_id else job.run_dir.name,
-               run_config=to_dict(job.cfg), manifest=job.manifest, split="val",
+               run_config=job.cfg.to_dict(), manifest=job.manifest, split="val",
                world_size=job.accelerator.num_processes, steps=job.ctx.total_steps)
 
 
@@ -101,7 +101,7 @@ class HubSync:
     """
 
     def __init__(self, job: "Job"):
-        hub = job.cfg["hub"]
+        hub = job.cfg.hub
         self.job, self.repo_id, self.every = job, hub.push_to_hub, parse_every(hub.hub_every)
         self.staging = RunDir(job.run_dir).hub_staging
         shutil.rmtree(self.staging, ignore_errors=True)  # left by a crashed run
@@ -115,7 +115,7 @@ class HubSync:
 
     @classmethod
     def for_job(cls, job: "Job") -> "HubSync | None":
-        if job.cfg["hub"].push_to_hub is None or not job.accelerator.is_main_process:
+        if job.cfg.hub.push_to_hub is None or not job.accelerator.is_main_process:
             return None
         return cls(job)
 
@@ -253,15 +253,15 @@ def _adopt_best(downloaded: Path, run: RunDir) -> None:
     replace_directory(tmp, best)
 
 
-def resolve_hub_resume(cfg: dict[str, Any], run_dir: Path, accelerator: Any) -> str | None:
+def resolve_hub_resume(cfg: RunConfig, run_dir: Path, accelerator: Any) -> str | None:
     """`--resume hub` -> the main process fetches the Hub's state, then every rank resumes as `auto`."""
-    resume = cfg["train"].resume
+    resume = cfg.train.resume
     if resume != "hub":
         return resume
     error = None
     if accelerator.is_main_process:
         try:
-            download_training_state(cfg["hub"].push_to_hub, run_dir)
+            download_training_state(cfg.hub.push_to_hub, run_dir)
         except Exception as exc:  # noqa: BLE001 - reported on every rank below
             error = exc if isinstance(exc, ckpt.CheckpointError) else \
                 ckpt.CheckpointError(f"--resume hub: {describe(exc)}")

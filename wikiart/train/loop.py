@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..config.options import DataConfig
+from ..config.options import DataConfig, RunConfig
 from ..data.loader import build_train_data
 from ..formats.rundir import RunDir
 from ..runtime.device import loader_workers
@@ -35,7 +35,7 @@ class StepHooks:
         self.skipped_steps: list[int] = []   # by the fp16 loss scaler, since the last log line
 
     def __call__(self, metrics: dict[str, torch.Tensor]) -> bool:
-        job, train = self.job, self.job.cfg["train"]
+        job, train = self.job, self.job.cfg.train
         step = job.state.step
         # Track the first non-finite step on the device: no host sync until a log/save point.
         bad = ~torch.isfinite(metrics["loss"])
@@ -113,7 +113,7 @@ class StepHooks:
         losses = self._losses_over_ranks(metrics)
         values = {**{k: float(v) for k, v in metrics.items()}, **losses}
         lr = job.ctx.optimizer.param_groups[0]["lr"]
-        images = job.cfg["data"].batch_size * job.ctx.grad_accum * job.accelerator.num_processes
+        images = job.cfg.data.batch_size * job.cfg.train.grad_accum * job.accelerator.num_processes
         rate = job.logger.images_per_second(step, images)
         extra = {}
         if job.accelerator.scaler is not None:
@@ -133,7 +133,7 @@ class StepHooks:
 
 
 def stop_request_for(job: Job) -> StopRequest:
-    train = job.cfg["train"]
+    train = job.cfg.train
     stop_file = Path(train.stop_file) if train.stop_file else RunDir(job.run_dir).stop_file
     return StopRequest(job.accelerator, stop_file, train.stop_check_every)
 
@@ -142,7 +142,7 @@ def data_for_epoch(job: Job) -> DataConfig:
     """The loader settings for the current epoch. Its data is split among the loader workers of
     every rank, so a position saved mid-epoch only holds with as many workers: a run resumed on a
     machine with another default (or another --workers) finishes the epoch with the saved count."""
-    state, data = job.state, job.cfg["data"]
+    state, data = job.state, job.cfg.data
     readers = max(1, loader_workers(data.workers))  # workers 0 reads like one worker
     if state.batch_in_epoch == 0 or state.epoch_workers is None:
         state.epoch_workers = readers
@@ -155,7 +155,7 @@ def data_for_epoch(job: Job) -> DataConfig:
 
 def epoch_done(job: Job) -> bool:
     """The current epoch's last step has been trained (its end-of-epoch validation and save follow)."""
-    return job.state.batch_in_epoch >= job.steps_per_epoch * job.ctx.grad_accum
+    return job.state.batch_in_epoch >= job.steps_per_epoch * job.cfg.train.grad_accum
 
 
 def start_epoch(job: Job) -> None:
@@ -201,7 +201,7 @@ def fit(job: Job) -> dict[str, Any]:
                 start_epoch(job)
             info = build_train_data(job.manifest, data_for_epoch(job), rank=acc.process_index,
                                     world_size=acc.num_processes,
-                                    epoch=state.epoch, seed=job.cfg["train"].seed,
+                                    epoch=state.epoch, seed=job.cfg.train.seed,
                                     skip_batches=state.batch_in_epoch, labelled_only=state.labelled_epochs)
             train_one_epoch(job.ctx, info.loader, state, job.steps_per_epoch, hooks)
             if hooks.stopped:
@@ -230,6 +230,6 @@ def fit(job: Job) -> dict[str, Any]:
     return metrics
 
 
-def train(cfg: dict[str, Any]) -> dict[str, Any]:
+def train(cfg: RunConfig) -> dict[str, Any]:
     """Entry point used by train.py: set up, fit, return the final validation metrics."""
     return fit(setup_job(cfg))

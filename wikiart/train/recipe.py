@@ -12,46 +12,46 @@ from typing import Any
 
 import torch
 
-from ..config.options import with_earlier_defaults
+from ..config.options import RunConfig, with_earlier_defaults
 from .optim import FreezePlan, LRSchedule
 
 
-def starts_pretrained(cfg: dict[str, Any]) -> bool:
-    model = cfg["model"]
+def starts_pretrained(cfg: RunConfig) -> bool:
+    model = cfg.model
     return bool(model.pretrained or model.pretrained_path)
 
 
-def freeze_stem_for(cfg: dict[str, Any]) -> bool:
+def freeze_stem_for(cfg: RunConfig) -> bool:
     """The stem is frozen to keep pretrained low-level filters; a random stem must learn."""
-    return cfg["optim"].freeze_stem and starts_pretrained(cfg)
+    return cfg.optim.freeze_stem and starts_pretrained(cfg)
 
 
-def unfreeze_epoch_for(cfg: dict[str, Any]) -> int | None:
+def unfreeze_epoch_for(cfg: RunConfig) -> int | None:
     """The seed's 1-based unfreeze epoch (stem unfrozen, AdamW rebuilt, cosine restarted). Only a
     pretrained stem is frozen to begin with: a random one trains from the first step."""
-    return cfg["optim"].unfreeze_epoch if freeze_stem_for(cfg) else None
+    return cfg.optim.unfreeze_epoch if freeze_stem_for(cfg) else None
 
 
-def freeze_plan_for(cfg: dict[str, Any], model: torch.nn.Module) -> FreezePlan:
+def freeze_plan_for(cfg: RunConfig, model: torch.nn.Module) -> FreezePlan:
     """What is frozen when (wikiart.train.optim.FreezePlan; epochs 0-based there). A random backbone is
     never frozen: it would stay random."""
-    optim_cfg, unfreeze = cfg["optim"], unfreeze_epoch_for(cfg)
+    optim_cfg, unfreeze = cfg.optim, unfreeze_epoch_for(cfg)
     return FreezePlan(model, freeze_stem_for(cfg), None if unfreeze is None else unfreeze - 1,
                       backbone_frozen_epochs=optim_cfg.freeze_backbone_epochs if starts_pretrained(cfg) else 0,
                       frozen_bn_eval=optim_cfg.frozen_bn_eval)
 
 
-def schedule_for(cfg: dict[str, Any], steps_per_epoch: int, total: int, freeze: FreezePlan) -> LRSchedule:
-    optim_cfg = cfg["optim"]
+def schedule_for(cfg: RunConfig, steps_per_epoch: int, total: int, freeze: FreezePlan) -> LRSchedule:
+    optim_cfg = cfg.optim
     return LRSchedule(kind=optim_cfg.schedule, total_steps=total, steps_per_epoch=steps_per_epoch,
-                      epochs=cfg["train"].epochs, warmup_steps=optim_cfg.warmup_steps, eta_min=optim_cfg.eta_min,
+                      epochs=cfg.train.epochs, warmup_steps=optim_cfg.warmup_steps, eta_min=optim_cfg.eta_min,
                       t_max_epochs=optim_cfg.cosine_t_max, restart_epoch=freeze.restart_epoch)
 
 
-def resolve_batch_scaling(cfg: dict[str, Any], world: int) -> tuple[dict[str, Any], str]:
+def resolve_batch_scaling(cfg: RunConfig, world: int) -> tuple[RunConfig, str]:
     """--batch-scaling turned into the per-rank batch and learning rates that run (what config.json
     then records, as --batch-scaling per-rank), and the line that says which it is."""
-    data, optim_cfg = cfg["data"], cfg["optim"]
+    data, optim_cfg = cfg.data, cfg.optim
     batch, scale = data.batch_size, 1
     if data.batch_scaling == "global":
         if batch % world:
@@ -67,9 +67,9 @@ def resolve_batch_scaling(cfg: dict[str, Any], world: int) -> tuple[dict[str, An
                 f"rates x {world}: {optim_cfg.lr * world:g} new modules, {optim_cfg.backbone_lr * world:g} backbone")
     else:
         line = f"global batch {batch * world} = {world} rank(s) x {batch} (--batch-scaling per-rank); learning rates as given"
-    cfg = {**cfg, "data": dataclasses.replace(data, batch_size=batch, batch_scaling="per-rank"),
-           "optim": dataclasses.replace(optim_cfg, lr=optim_cfg.lr * scale, backbone_lr=optim_cfg.backbone_lr * scale)}
-    return cfg, line
+    return cfg.replace(data=dataclasses.replace(data, batch_size=batch, batch_scaling="per-rank"),
+                       optim=dataclasses.replace(optim_cfg, lr=optim_cfg.lr * scale,
+                                                 backbone_lr=optim_cfg.backbone_lr * scale)), line
 
 
 # The flags a resume must keep: they decide the model's parameters, the optimizer's groups and
@@ -84,14 +84,14 @@ def _flag(name: str, value: Any) -> str:
     return f"{flag} {value}"
 
 
-def check_resume_recipe(cfg: dict[str, Any], saved: dict[str, Any] | None, where: str) -> None:
+def check_resume_recipe(cfg: RunConfig, saved: dict[str, Any] | None, where: str) -> None:
     """Refuse, in one line, to resume a run under flags that change what its checkpoint means."""
     if saved is None:
         return
     saved = with_earlier_defaults(saved)
+    now = cfg.to_dict()
     differ = [_flag(name, saved[sec][name]) for sec, name in FIXED_AT_RESUME
-              if isinstance(saved.get(sec), dict) and saved[sec].get(name, getattr(cfg[sec], name))
-              != getattr(cfg[sec], name)]
+              if isinstance(saved.get(sec), dict) and saved[sec].get(name, now[sec][name]) != now[sec][name]]
     if differ:
         raise ValueError(f"{where} was trained with {' '.join(differ)}; resume it with the same (they decide the "
                          f"model's parameters, the optimizer's groups and the data position)")

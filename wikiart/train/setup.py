@@ -18,7 +18,7 @@ from ..formats import checkpoint as ckpt
 from ..formats.files import write_json
 from ..formats.rundir import RunDir, record_weights_kind
 from ..model.backbones import fetch_pretrained
-from ..config.options import DataConfig, to_dict
+from ..config.options import DataConfig, RunConfig
 from ..data.loader import (balance_weigher, build_eval_data, eval_filter, eval_samples_for, intersection_only,
                    train_batches_per_rank, train_samples_for)
 from ..data.device import DeviceAugment
@@ -42,8 +42,8 @@ class RunDirError(RuntimeError):
     """The output directory holds another run, or cannot be used."""
 
 
-def build_accelerator(cfg: dict[str, Any]) -> Accelerator:
-    train = cfg["train"]
+def build_accelerator(cfg: RunConfig) -> Accelerator:
+    train = cfg.train
     accelerator = make_accelerator(resolve_mixed_precision(train.mixed_precision), train.report_to, train.out,
                                    collective_timeout=train.collective_timeout)
     if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
@@ -54,11 +54,11 @@ def build_accelerator(cfg: dict[str, Any]) -> Accelerator:
     return accelerator
 
 
-def check_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
+def check_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
     """Refuse an --out that is not a directory or holds another run (unless --resume or
     --overwrite). Writes nothing. The main process looks and every rank raises alike: an
     error on the main process alone would leave the other ranks waiting at a collective."""
-    train = cfg["train"]
+    train = cfg.train
     run_dir = Path(train.out)
     error = None
     if accelerator.is_main_process:
@@ -71,17 +71,17 @@ def check_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
     return run_dir
 
 
-def prepare_run_dir(cfg: dict[str, Any], accelerator: Accelerator) -> Path:
+def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
     """Create the run directory and save the resolved config: the first write of a run, so it
     comes after `check_run_dir` and every other check (bad input leaves --out untouched)."""
-    train = cfg["train"]
+    train = cfg.train
     run = RunDir(train.out)
     if accelerator.is_main_process:
         if run.holds_run() and train.resume is None:  # --overwrite (check_run_dir refused the rest)
             run.remove_previous_run()
         run.path.mkdir(parents=True, exist_ok=True)
         run.stopped.unlink(missing_ok=True)  # this start answers the last stop
-        write_json(run.config, to_dict(cfg), indent=2, sort_keys=True, ensure_ascii=True)
+        write_json(run.config, cfg.to_dict(), indent=2, sort_keys=True, ensure_ascii=True)
     accelerator.wait_for_everyone()
     return run.path
 
@@ -93,19 +93,19 @@ def check_manifest_for_task(manifest: Manifest, task: str) -> tuple[str, ...]:
     return heads
 
 
-def without_imagenet_weights(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {**cfg, "model": dataclasses.replace(cfg["model"], pretrained=False, pretrained_path=None)}
+def without_imagenet_weights(cfg: RunConfig) -> RunConfig:
+    return cfg.replace(model=dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None))
 
 
-def build_model(cfg: dict[str, Any], manifest: Manifest, heads: tuple[str, ...]) -> CNNRNNClassifier:
-    torch.manual_seed(cfg["train"].seed)  # identical init on every rank
+def build_model(cfg: RunConfig, manifest: Manifest, heads: tuple[str, ...]) -> CNNRNNClassifier:
+    torch.manual_seed(cfg.train.seed)  # identical init on every rank
     class_names = {t: manifest.class_names(t) for t in heads}
-    return from_config(cfg["model"], class_names, cfg["data"].image_size, cfg["data"].eval_resize)
+    return from_config(cfg.model, class_names, cfg.data.image_size, cfg.data.eval_resize)
 
 
 @dataclasses.dataclass
 class Job:
-    cfg: dict[str, Any]
+    cfg: RunConfig
     accelerator: Accelerator
     manifest: Manifest
     heads: tuple[str, ...]
@@ -139,23 +139,23 @@ def steps_per_epoch_for(manifest: Manifest, data: DataConfig, world: int, grad_a
     return steps
 
 
-def checked_mixer(cfg: dict[str, Any], manifest: Manifest, heads: tuple[str, ...]) -> Mixer:
+def checked_mixer(cfg: RunConfig, manifest: Manifest, heads: tuple[str, ...]) -> Mixer:
     """The MixUp/CutMix sampler, once its flags and the class-balancing task (the shards must
     label it) are checked: both are refused before --out is written, like every other flag."""
-    optim_cfg, data = cfg["optim"], cfg["data"]
+    optim_cfg, data = cfg.optim, cfg.data
     balance_weigher(manifest, data)  # raises for a balance task the shards do not label
     return Mixer(optim_cfg.mixup_p, optim_cfg.mixup_alpha, optim_cfg.cutmix_p, optim_cfg.cutmix_alpha,
                  num_classes={t: manifest.num_classes(t) for t in heads}, partner=optim_cfg.mix_partner)
 
 
-def setup_job(cfg: dict[str, Any]) -> Job:
+def setup_job(cfg: RunConfig) -> Job:
     check_hub_config(cfg)  # a bad repo id or a missing token fails before anything is written
     accelerator = build_accelerator(cfg)
     cfg = apply_device_defaults(cfg, accelerator.device)
     # config.json records the precision that runs (the default bf16 on CUDA, "no" on the CPU).
-    cfg["train"] = dataclasses.replace(cfg["train"], mixed_precision=accelerator.mixed_precision)
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, mixed_precision=accelerator.mixed_precision))
     cfg, batch_line = resolve_batch_scaling(cfg, accelerator.num_processes)
-    data, optim_cfg, train = cfg["data"], cfg["optim"], cfg["train"]
+    data, optim_cfg, train = cfg.data, cfg.optim, cfg.train
     # Every check comes before the first write (prepare_run_dir): bad input leaves --out untouched.
     manifest = load_manifest(data.shards)
     heads = check_manifest_for_task(manifest, data.task)
@@ -165,10 +165,10 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     steps = steps_per_epoch_for(manifest, data, accelerator.num_processes, train.grad_accum, state.labelled_epochs)
     mixer = checked_mixer(cfg, manifest, heads)
     prepare_run_dir(cfg, accelerator)
-    if cfg["model"].channels_last:
+    if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     prepared_model, prepared_opt = accelerator.prepare(model, optimizer)
-    if cfg["model"].compile:
+    if cfg.model.compile:
         prepared_model = compile_model(prepared_model)
     if accelerator.scaler is not None and "scaler" in extra:
         accelerator.scaler.load_state_dict(extra["scaler"])
@@ -177,16 +177,13 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     freeze = freeze_plan_for(cfg, model)
     ctx = LoopContext(
         accelerator=accelerator, model=prepared_model, optimizer=prepared_opt, mixer=mixer, freeze=freeze,
-        heads=heads, smoothing=optim_cfg.label_smoothing,
-        task_weights={t: weights[t] for t in heads}, clip_grad=optim_cfg.clip_grad,
-        grad_accum=train.grad_accum, total_steps=total, schedule=schedule_for(cfg, steps, total, freeze),
-        seed=train.seed,
+        cfg=cfg, heads=heads, task_weights={t: weights[t] for t in heads}, total_steps=total,
+        schedule=schedule_for(cfg, steps, total, freeze),
         stop_on_nonfinite=accelerator.scaler is None, ema=ema,  # a loss scaler skips such steps itself
         augment=DeviceAugment.for_recipe(data.color_jitter, data.erasing_p, model.mean, model.std,
-                                         cfg["model"].channels_last, erasing_fill=data.erasing_fill),
-        channels_last=cfg["model"].channels_last)
+                                         cfg.model.channels_last, erasing_fill=data.erasing_fill))
     if train.report_to:
-        accelerator.init_trackers("wikiart", config={k: str(v) for k, v in to_dict(cfg).items()})
+        accelerator.init_trackers("wikiart", config={k: str(v) for k, v in cfg.to_dict().items()})
     logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
     logger.forget_after(state.step)  # a resumed run logs the steps after its checkpoint again
     for line in [*_start_lines(cfg, heads, accelerator, steps, total, run_dir, state), batch_line]:
@@ -196,15 +193,15 @@ def setup_job(cfg: dict[str, Any]) -> Job:
     return job
 
 
-def _model_and_state(cfg: dict[str, Any], accelerator: Accelerator, manifest: Manifest, heads: tuple[str, ...],
+def _model_and_state(cfg: RunConfig, accelerator: Accelerator, manifest: Manifest, heads: tuple[str, ...],
                      run_dir: Path) -> tuple[CNNRNNClassifier, torch.optim.Optimizer, ModelEMA | None, Any, dict]:
     """The model, optimizer and EMA, with the checkpoint's state loaded when resuming."""
-    train, optim_cfg = cfg["train"], cfg["optim"]
+    train, optim_cfg = cfg.train, cfg.optim
     # A resumed run's weights come from its checkpoint: it needs no ImageNet file (an offline node
     # without the cache resumes all the same), and the freeze plan still follows the run's flags.
     resumes = train.resume not in (None, "hub") and ckpt.resolve_resume(train.resume, run_dir) is not None
     if not resumes:
-        fetch_pretrained(cfg["model"], accelerator)  # each node's main rank downloads missing weights
+        fetch_pretrained(cfg.model, accelerator)  # each node's main rank downloads missing weights
     model = build_model(without_imagenet_weights(cfg) if resumes else cfg, manifest, heads)
     optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
     ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
@@ -214,12 +211,12 @@ def _model_and_state(cfg: dict[str, Any], accelerator: Accelerator, manifest: Ma
 
 def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path,
                  state: ckpt.TrainState) -> list[str]:
-    lines = [f"training {cfg['data'].task} ({', '.join(heads)}) on {accelerator.device}, world size "
+    lines = [f"training {cfg.data.task} ({', '.join(heads)}) on {accelerator.device}, world size "
              f"{accelerator.num_processes}: {steps} steps/epoch, {total} steps, run dir {run_dir}"]
-    if not state.labelled_epochs and cfg["data"].task in BASE_TASKS:
+    if not state.labelled_epochs and cfg.data.task in BASE_TASKS:
         lines.append("the checkpoint comes from a run whose epochs read every sample, labelled for the task "
                      "or not; this run goes on that way, so its steps and schedule stay as they were")
-    optim_cfg = cfg["optim"]
+    optim_cfg = cfg.optim
     if (optim_cfg.unfreeze_epoch or optim_cfg.freeze_backbone_epochs) and not starts_pretrained(cfg):
         lines.append("freezing not applied (--unfreeze-epoch, --freeze-backbone-epochs): the backbone starts "
                      "from random weights and trains from the first step, on one cosine (freezing applies to "
@@ -227,7 +224,7 @@ def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path,
     elif optim_cfg.unfreeze_epoch and not optim_cfg.freeze_stem:
         lines.append(f"--unfreeze-epoch {optim_cfg.unfreeze_epoch} not applied: with --no-freeze-stem nothing is "
                      f"frozen to unfreeze (no AdamW rebuild, one cosine)")
-    if intersection_only(cfg["data"]):
+    if intersection_only(cfg.data):
         lines.append("combined on the intersection: only the paintings with all three labels train and "
                      "validate (the seed's; --combined-data union for every painting)")
     return lines
@@ -250,9 +247,9 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
         optimizer.load_state_dict(optimizer_state)
         if ema is not None and "ema" in extra:
             ema.load_state_dict(extra["ema"])
-            if ema.decay != cfg["optim"].ema_decay:
-                changed.append(f"EMA decay {ema.decay:g} -> {cfg['optim'].ema_decay:g}")
-            ema.decay = cfg["optim"].ema_decay  # this command line's, as config.json records
+            if ema.decay != cfg.optim.ema_decay:
+                changed.append(f"EMA decay {ema.decay:g} -> {cfg.optim.ema_decay:g}")
+            ema.decay = cfg.optim.ema_decay  # this command line's, as config.json records
         elif ema is not None:  # EMA newly on: it averages from the resumed weights, not the initial ones
             ema.load_state_dict({"decay": ema.decay, "num_updates": 0, "shadow": model.state_dict()})
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -260,7 +257,7 @@ def _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelera
         reason = " ".join(lines[:2])[:300] or type(exc).__name__
         raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model of this command line "
                                    f"(--backbone and the model flags must match the run's): {reason}") from exc
-    check_data_layout(state, path, accelerator.num_processes, cfg["data"].batch_size, cfg["train"].grad_accum)
+    check_data_layout(state, path, accelerator.num_processes, cfg.data.batch_size, cfg.train.grad_accum)
     changed = restore_hyperparameters(optimizer, chosen) + changed
     if accelerator.is_main_process:
         print(f"resuming from {path} at step {state.step} (epoch {state.epoch}, "
@@ -296,17 +293,17 @@ def save_training_state(job: Job) -> Path | None:
     path, error = None, None
     if acc.is_main_process:
         net = acc.unwrap_model(job.ctx.model)
-        extra: dict[str, Any] = {"class_names": net.class_names_dict(), "task": job.cfg["data"].task}
+        extra: dict[str, Any] = {"class_names": net.class_names_dict(), "task": job.cfg.data.task}
         if job.ctx.ema is not None:
             extra["ema"] = job.ctx.ema.state_dict()
         if acc.scaler is not None:
             extra["scaler"] = acc.scaler.state_dict()
         job.state.freeze_phase = job.ctx.freeze.phase(job.state.epoch)
-        job.state.world_size, job.state.batch_size = acc.num_processes, job.cfg["data"].batch_size
-        job.state.grad_accum = job.ctx.grad_accum
+        job.state.world_size, job.state.batch_size = acc.num_processes, job.cfg.data.batch_size
+        job.state.grad_accum = job.cfg.train.grad_accum
         try:
             path = ckpt.save_checkpoint(job.run_dir, job.state, net.state_dict(), job.ctx.optimizer.state_dict(),
-                                        extra, keep_last=job.cfg["train"].keep_last)
+                                        extra, keep_last=job.cfg.train.keep_last)
         except ckpt.CheckpointError as exc:  # a full disk: every rank stops now, none waits for it
             error = exc
     raise_on_every_rank(acc, error)  # also the barrier: no rank runs ahead of the write
@@ -349,15 +346,15 @@ def _write_best(job: Job, metrics: dict[str, float]) -> None:
 
 
 def run_validation(job: Job) -> dict[str, float]:
-    acc, data = job.accelerator, job.cfg["data"]
+    acc, data = job.accelerator, job.cfg.data
     info = build_eval_data(job.manifest, "val", data, rank=acc.process_index, world_size=acc.num_processes,
                            keep=eval_filter(data))
     net = acc.unwrap_model(job.ctx.model)
     weights = job.ctx.ema.swapped_into(net) if job.ctx.ema is not None else contextlib.nullcontext()
     with weights:
         out = evaluate(acc, job.ctx.model, info.loader, job.heads, eval_samples_for(job.manifest, "val", data),
-                       channels_last=job.ctx.channels_last)
-    metrics = headline_metrics(out.logits, out.labels, smoothing=job.cfg["optim"].label_smoothing)
+                       channels_last=job.cfg.model.channels_last)
+    metrics = headline_metrics(out.logits, out.labels, smoothing=job.cfg.optim.label_smoothing)
     improved = job.state.best_metric is None or metrics["score"] > job.state.best_metric
     if improved:
         job.state.best_metric, job.state.best_step = metrics["score"], job.state.step
