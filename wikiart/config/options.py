@@ -19,13 +19,19 @@ from .fields import (ConfigError, apply_values, build_parser, flag_name, from_di
 # ---------------------------------------------------------------------------------------------
 TASK_CHOICES = ("artist", "genre", "style", "combined")
 EVAL_RESIZE_RATIO = 416 / 384  # the seed's eval resize of the shorter side relative to the crop (416 / 384)
+SHARDS_HELP = ("the folder with manifest.json and the WebDataset shards: a directory, or its URL "
+               "(https://..., hf://datasets/USER/REPO[@REVISION]/PATH, or an fsspec URL such as s3://...)")
+SHARD_CACHE_HELP = ("remote --shards only: keep each shard in this local directory once read, so later "
+                    "epochs read from disk (bounded by WIKIART_SHARD_CACHE_GB, default 50; safe to share "
+                    "between the ranks and workers of a node)")
 BACKBONES_HELP = "resnet18/34/50/101/152, convnext_tiny, efficientnet_v2_s, or another torchvision model"
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     task: str = opt("genre", "what to classify", choices=TASK_CHOICES)
-    shards: str = opt("shards", "directory with the WebDataset shards and manifest.json")
+    shards: str = opt("shards", SHARDS_HELP)
+    shard_cache: str | None = opt(None, SHARD_CACHE_HELP)
     image_size: int = opt(384, "training crop size in pixels", min=8)
     eval_resize: int | None = opt(None, "eval resize of the shorter side (default: image_size * 13/12)", min=1)
     batch_size: int = opt(64, "batch size: the global batch, split over the ranks (--batch-scaling global), or "
@@ -217,7 +223,8 @@ EVAL_DESCRIPTION = "Evaluate a trained checkpoint on a split of the shards: metr
 @dataclasses.dataclass
 class EvalConfig:
     checkpoint: str | None = opt(None, "model to evaluate: " + CHECKPOINT_HELP)
-    shards: str | None = opt(None, "directory with the WebDataset shards and manifest.json")
+    shards: str | None = opt(None, SHARDS_HELP)
+    shard_cache: str | None = opt(None, SHARD_CACHE_HELP)
     out: str | None = opt(None, "directory for metrics.json, reports and plots")
     split: str = opt("val", "split to score")
     batch_size: int = opt(64, "per-process batch size", min=1)

@@ -19,7 +19,7 @@ import functools
 import json
 from typing import Iterator, Mapping, Sequence
 
-from ..formats.shard import iter_shard_json
+from ..formats.shard import ShardSource, iter_shard_json
 from .stream import foreign_tasks
 from ..formats.labels import MISSING
 from ..formats.manifest import Manifest
@@ -47,7 +47,7 @@ class Census:
     keys: frozenset[str] = frozenset()
 
 
-def shard_labels(path: str, size: int) -> Iterator[tuple[str, dict[str, int], tuple[str, ...]]]:
+def shard_labels(path: ShardSource, size: int) -> Iterator[tuple[str, dict[str, int], tuple[str, ...]]]:
     """(key, labels, foreign tasks) of the first `size` samples of one shard (the manifest's
     count: the loaders read no further), in file order; a sample with bad json is left out, as
     the loaders leave it out."""
@@ -62,14 +62,14 @@ def shard_labels(path: str, size: int) -> Iterator[tuple[str, dict[str, int], tu
 
 def census(manifest: Manifest, split: str, keep: LabelFilter) -> Census:
     """Count the `split` paintings `keep` reads, per task of it and class (cached per process)."""
-    paths = tuple(manifest.shard_paths(split))
+    paths = tuple(manifest.shard_sources(split))
     sizes = tuple(s.num_samples for s in manifest.split(split).shards)
     num_classes = tuple(manifest.num_classes(t) for t in keep.tasks)
     return _census(paths, sizes, keep, num_classes)
 
 
 @functools.lru_cache(maxsize=16)
-def _census(paths: tuple[str, ...], sizes: tuple[int, ...], keep: LabelFilter,
+def _census(paths: tuple[ShardSource, ...], sizes: tuple[int, ...], keep: LabelFilter,
             num_classes: tuple[int, ...]) -> Census:
     tasks = keep.tasks
     counts = {t: [0] * n for t, n in zip(tasks, num_classes)}

@@ -50,7 +50,9 @@ from .stream import (CorruptCounter, CorruptSample, Sample, Weigher, balance_wei
 from ..runtime.device import loader_workers
 from .census import LabelFilter, census
 from ..formats.labels import BASE_TASKS, heads_for_task
+from ..formats.location import is_remote
 from ..formats.manifest import Manifest, ManifestError
+from ..formats.shard import ShardSource
 from .transforms import build_eval_transform, build_train_transform, make_generator
 
 
@@ -67,7 +69,7 @@ class DataInfo:
 
 @dataclasses.dataclass
 class _Shards:
-    paths: list[str]
+    paths: list[ShardSource]  # local files or URLs (formats.location), with their manifest entries
     sizes: list[int]
     num_classes: dict[str, int]  # every task of the manifest: batches carry all labels
 
@@ -254,15 +256,15 @@ def _shards(manifest: Manifest, split: str, task: str) -> _Shards:
     """Shard paths and sizes of `split`; errors name a missing task, an empty split, missing files."""
     for head in heads_for_task(task):
         manifest.class_names(head)  # ManifestError naming the task if absent
-    paths = manifest.shard_paths(split)
-    if not paths or manifest.num_samples(split) == 0:
+    sources = manifest.shard_sources(split)
+    if not sources or manifest.num_samples(split) == 0:
         raise ManifestError(f"split {split!r} in {manifest.root} has no samples")
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [s.location for s in sources if not is_remote(s.location) and not os.path.isfile(s.location)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard file(s) of split {split!r} listed in the "
                                 f"manifest are missing: {', '.join(missing[:5])}")
     sizes = [s.num_samples for s in manifest.split(split).shards]
-    return _Shards(paths, sizes, {t: manifest.num_classes(t) for t in manifest.tasks})
+    return _Shards(sources, sizes, {t: manifest.num_classes(t) for t in manifest.tasks})
 
 
 def _check_rank(rank: int, world_size: int) -> None:

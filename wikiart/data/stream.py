@@ -22,7 +22,7 @@ from torch.utils.data import get_worker_info
 
 from ..formats.images import JPEG_END, JPEG_END_WINDOW
 from ..formats.labels import MISSING
-from ..formats.shard import iter_shard
+from ..formats.shard import ShardSource, iter_shard
 
 log = logging.getLogger("wikiart.data.loader")
 T = TypeVar("T")
@@ -140,7 +140,7 @@ def parse_sample(raw: Mapping, num_classes: Mapping[str, int]) -> Sample:
     return Sample(key=str(key), image=image, labels=labels, foreign=foreign_tasks(meta))
 
 
-def shard_samples(path: str, size: int, lo: int, hi: int, num_classes: Mapping[str, int],
+def shard_samples(path: str | ShardSource, size: int, lo: int, hi: int, num_classes: Mapping[str, int],
                   counter: CorruptCounter) -> Iterator[Sample]:
     """Validated samples at positions lo..hi-1 of one shard (positions count corrupt ones too,
     as the manifest's sizes do); samples before `lo` are read past without being parsed.
@@ -166,7 +166,7 @@ def shard_samples(path: str, size: int, lo: int, hi: int, num_classes: Mapping[s
                     path, position + 1, size, lost)
 
 
-def range_samples(paths: Sequence[str], sizes: Sequence[int], order: Iterable[int], start: int,
+def range_samples(paths: Sequence[str | ShardSource], sizes: Sequence[int], order: Iterable[int], start: int,
                   end: int, num_classes: Mapping[str, int], counter: CorruptCounter) -> Iterator[Sample]:
     """Validated samples at positions [start, end) of the shards concatenated in `order`.
 

@@ -105,7 +105,7 @@ def write_outlier_files(out_dir: Path, manifest: Manifest, split: str, tables: M
     rows = {t: table.rows(class_names[t]) for t, table in tables.items()}
     joint_rows = joint.rows({t: class_names[t] for t in joint.labels}) if joint is not None else []
     wanted = {row["key"] for task_rows in [*rows.values(), joint_rows] for row in task_rows[:top]}
-    sources, images = read_sources_and_images(manifest.shard_paths(split), wanted)
+    sources, images = read_sources_and_images(manifest.shard_sources(split), wanted)
     summary: dict[str, Any] = {"tasks": {}}
     for task, task_rows in rows.items():
         write_outliers_csv(out_dir / f"outliers_{task}.csv", task_rows, sources)

@@ -80,7 +80,7 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
     if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
         raise ValueError(f"--mixed-precision fp16 needs a GPU: on {accelerator.device.type} Accelerate has no "
                          f"fp16 autocast and would score in fp32; use --mixed-precision bf16 or no")
-    manifest = load_manifest(cfg.shards)
+    manifest = load_manifest(cfg.shards, cache=cfg.shard_cache)
     loaded = load_checked_model(cfg, manifest)
     channels_last = accelerator.device.type == "cuda"  # the GPU fast path, as in training
     loaded.model.to(accelerator.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

@@ -6,6 +6,9 @@ task, the build parameters, the source, and the inputs that were skipped with re
 
 Shard members (one sample per painting): `__key__` (stable, no dots), `jpg` (RGB JPEG),
 `json` = {"key", "labels": {task: int, -1 = missing}, "source", "orig_size": [w, h]}.
+
+The manifest's folder (its `root`) is a local directory or a URL (`formats.location`); a loaded
+manifest also carries the `--shard-cache` directory its remote shards are read through.
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .files import write_json
+from .location import RemoteShardError, child, is_remote, local_path, read_bytes
+
+if TYPE_CHECKING:
+    from .shard import ShardSource
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -54,7 +61,8 @@ class Manifest:
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
     moved_to_val: int = 0
     format_version: int = FORMAT_VERSION
-    root: Path | None = dataclasses.field(default=None, compare=False)
+    root: str | Path | None = dataclasses.field(default=None, compare=False)  # a directory or a URL
+    cache: str | None = dataclasses.field(default=None, compare=False)       # --shard-cache
 
     @property
     def tasks(self) -> list[str]:
@@ -79,7 +87,14 @@ class Manifest:
     def shard_paths(self, split: str) -> list[str]:
         if self.root is None:
             raise ManifestError("manifest has no root directory")
-        return [str(self.root / check_shard_name(s.name)) for s in self.split(split).shards]
+        return [child(self.root, check_shard_name(s.name)) for s in self.split(split).shards]
+
+    def shard_sources(self, split: str) -> list[ShardSource]:
+        """What a reader needs of each shard of `split`: where, its size and sha256, the cache."""
+        from .shard import ShardSource
+        cache = self.cache if self.root is not None and is_remote(self.root) else None
+        return [ShardSource(path, s.bytes, s.sha256, cache)
+                for path, s in zip(self.shard_paths(split), self.split(split).shards)]
 
     def class_counts(self, split: str, task: str) -> list[int]:
         self.class_names(task)
@@ -88,6 +103,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("root")
+        data.pop("cache")
         return data
 
     def save(self, directory: str | Path) -> Path:
@@ -125,25 +141,36 @@ def check_shard_name(name: Any) -> str:
     return name
 
 
-def load_manifest(directory: str | Path) -> Manifest:
-    """Read `DIR/manifest.json`; errors name the directory and say what to do."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise ManifestError(f"shards directory not found: {root}")
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        raise ManifestError(f"no {MANIFEST_NAME} in {root}: build shards first "
-                            f"(wikiart-build-shards --out {root} ...)")
+def load_manifest(directory: str | Path, cache: str | Path | None = None) -> Manifest:
+    """Read `DIR/manifest.json` (DIR a directory or a URL, `formats.location`); errors name the
+    directory and say what to do. `cache`: the --shard-cache directory of remote shards."""
+    root: str | Path = str(directory) if is_remote(directory) else local_path(directory)
+    path = child(root, MANIFEST_NAME)
+    if not is_remote(root):
+        if not Path(root).is_dir():
+            raise ManifestError(f"shards directory not found: {root}")
+        if not Path(path).is_file():
+            raise ManifestError(f"no {MANIFEST_NAME} in {root}: build shards first "
+                                f"(wikiart-build-shards --out {root} ...)")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_bytes(path))
+    except RemoteShardError as exc:
+        raise ManifestError(f"cannot read the manifest: {exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: malformed manifest: expected a JSON object")
     try:
-        return Manifest.from_json(data, root=root)
+        manifest = Manifest.from_json(data, root=root)
     except ManifestError as exc:
         raise ManifestError(f"{path}: {exc}") from exc
+    if cache is not None and is_remote(root):
+        try:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ManifestError(f"--shard-cache {cache}: cannot create it: {exc}") from exc
+        manifest.cache = str(cache)
+    return manifest
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

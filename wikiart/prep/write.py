@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..formats.files import write_json
 from ..formats.images import ImageDecodeError, decode_image, encode_jpeg, jpeg_without_trailer, resize_short_side
-from ..formats.manifest import ManifestError, load_manifest, sha256_file
-from ..formats.shard import count_samples
+from ..formats.location import RemoteShardError, is_remote
+from ..formats.manifest import ManifestError, ShardInfo, load_manifest, sha256_file
+from ..formats.shard import ShardSource, count_samples
 from .sources import Record, Source
 
 STATE_DIR = ".build"
@@ -241,8 +242,11 @@ def verify_shards(directory: str | Path) -> list[str]:
         return [str(exc)]
     problems = []
     for split, info in manifest.splits.items():
-        for shard in info.shards:
-            path = Path(directory) / shard.name
+        for shard, source in zip(info.shards, manifest.shard_sources(split)):
+            if is_remote(source.location):
+                problems += _remote_shard_problems(shard, source)
+                continue
+            path = Path(source.location)
             if not path.is_file():
                 problems.append(f"{shard.name}: missing")
                 continue
@@ -260,6 +264,18 @@ def verify_shards(directory: str | Path) -> list[str]:
             if incomplete:
                 problems.append(f"{shard.name}: samples without jpg/json: {incomplete[:3]}")
     return problems
+
+
+def _remote_shard_problems(shard: ShardInfo, source: ShardSource) -> list[str]:
+    """A remote shard streamed once: its size and sha256 (checked at its end), then its samples."""
+    try:
+        count, incomplete = count_samples(source)
+    except RemoteShardError as exc:
+        return [f"{shard.name}: {exc}"]
+    except (tarfile.TarError, OSError) as exc:
+        return [f"{shard.name}: unreadable tar: {exc}"]
+    problems = [f"{shard.name}: {count} samples != manifest {shard.num_samples}"] if count != shard.num_samples else []
+    return problems + ([f"{shard.name}: samples without jpg/json: {incomplete[:3]}"] if incomplete else [])
 
 
 class Throughput:

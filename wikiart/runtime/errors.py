@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import re
 import multiprocessing
 import multiprocessing.util  # registers its exit hook now, so ours (registered later) runs first
 import sys
@@ -44,5 +45,10 @@ def run_cli(prog: str, main: Callable[[], int | None], extra_errors: tuple[type[
 
 
 def one_line(exc: BaseException) -> str:
-    """The error's message as one line."""
-    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    """The error's message as one line. An error re-raised from a DataLoader worker carries the
+    worker's traceback in its message: its own message is the traceback's last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 2 and lines[1].startswith("Original Traceback"):
+        match = re.match(r"^[\w.]+: (.*)$", lines[-1])
+        return match.group(1) if match else lines[-1]
+    return " ".join(lines)

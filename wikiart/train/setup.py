@@ -157,7 +157,7 @@ def setup_job(cfg: RunConfig) -> Job:
     cfg, batch_line = resolve_batch_scaling(cfg, accelerator.num_processes)
     data, optim_cfg, train = cfg.data, cfg.optim, cfg.train
     # Every check comes before the first write (prepare_run_dir): bad input leaves --out untouched.
-    manifest = load_manifest(data.shards)
+    manifest = load_manifest(data.shards, cache=data.shard_cache)
     heads = check_manifest_for_task(manifest, data.task)
     run_dir = check_run_dir(cfg, accelerator)
     model, optimizer, ema, state, extra = _model_and_state(cfg, accelerator, manifest, heads, run_dir)
