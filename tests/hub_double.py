@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub import CommitInfo, HfApi
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub import errors as hf_errors
 
 
@@ -79,6 +80,10 @@ class RecordingHfApi:
             assert self.block.wait(60), "test never released the upload"
         folder = Path(kwargs["folder_path"])
         files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+        allow = kwargs.get("allow_patterns")  # as HfApi filters: fnmatch on the relative path
+        allow = [allow] if isinstance(allow, str) else allow
+        if allow is not None:
+            files = {rel: p for rel, p in files.items() if any(fnmatch.fnmatch(rel, pat) for pat in allow)}
         readme = files["README.md"].read_text() if "README.md" in files else None
         self._record("upload_folder", (), kwargs, files=sorted(files), readme=readme)
         if not self.remote(kwargs["repo_id"]).is_dir():
@@ -95,6 +100,17 @@ class RecordingHfApi:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         return self._commit(kwargs["repo_id"], kwargs.get("commit_message") or "")
+
+    def list_repo_tree(self, repo_id: str, **kwargs) -> list[RepoFile]:
+        """The repo's files as the Hub lists them; every file counts as LFS (its sha256 pointer)."""
+        self._record("list_repo_tree", (repo_id,), kwargs, repo_id=repo_id)
+        remote = self.remote(repo_id)
+        if not remote.is_dir():
+            raise http_error(404, "404 repo not found", hf_errors.RepositoryNotFoundError)
+        return [RepoFile(path=p.relative_to(remote).as_posix(), size=p.stat().st_size, oid="",
+                         lfs={"size": p.stat().st_size, "oid": hashlib.sha256(p.read_bytes()).hexdigest(),
+                              "pointerSize": 0})
+                for p in sorted(remote.rglob("*")) if p.is_file()]
 
     def hf_hub_download(self, repo_id: str, filename: str, **kwargs) -> str:
         self._record("hf_hub_download", (repo_id, filename), kwargs, repo_id=repo_id)

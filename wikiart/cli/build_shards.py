@@ -6,9 +6,10 @@
     python -m wikiart.cli.build_shards --out DIR --num-parts K --part I ...   # one part of K
     python -m wikiart.cli.build_shards --out DIR --merge-manifests --verify   # after the K parts
     python -m wikiart.cli.build_shards --verify DIR                           # check shards only
+    wikiart-build-shards --out DIR ... --verify --push-to-hub USER/NAME       # then upload as a dataset repo
 
-Exit codes: 0 built (and verified), 1 --verify found problems, 2 bad command line or input
-(one line naming it; nothing written).
+Exit codes: 0 built (and verified, and pushed), 1 --verify found problems or the push failed
+after its retries, 2 bad command line or input (one line naming it; nothing written).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..formats.location import is_remote
 from ..formats.manifest import MANIFEST_NAME, ManifestError
 from ..prep.build import PROG, VERIFY_OUT, BuildConfig, BuildError, build_shards, merge_manifests, parse_build_config
 from ..prep.sources import SourceError
@@ -44,15 +46,41 @@ def verify(cfg: BuildConfig) -> int:
     return 1 if problems else 0
 
 
+def push(cfg: BuildConfig) -> int:
+    """--push-to-hub: the finished build in --out (or the --verify DIR) as a dataset repo."""
+    from ..hub.client import HubError
+    from ..hub.dataset import push_shards
+    try:
+        push_shards(cfg.out or cfg.verify, cfg.push_to_hub, private=cfg.hub_private)
+    except HubError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def check_push(cfg: BuildConfig) -> None:
+    """A bad repo id, a missing token or a remote folder fail before anything is built."""
+    from ..hub.repo import check_repo_id, check_token
+    if cfg.push_to_hub is None:
+        return
+    target = cfg.out or (cfg.verify if cfg.verify != VERIFY_OUT else None)
+    if not target or is_remote(target):
+        raise BuildError("--push-to-hub uploads a local build: give its directory as --out (or --verify DIR)")
+    check_repo_id(cfg.push_to_hub)
+    check_token()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (`wikiart-build-shards`, `python -m wikiart.cli.build_shards`)."""
     cfg = parse_build_config(argv)
     try:
+        check_push(cfg)
         build(cfg)
-    except (SourceError, BuildError, ManifestError, RuntimeError) as exc:
+    except (SourceError, BuildError, ManifestError, ValueError, RuntimeError) as exc:  # HubConfigError: ValueError
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    return verify(cfg) if cfg.verify else 0
+    status = verify(cfg) if cfg.verify else 0
+    return push(cfg) if status == 0 and cfg.push_to_hub else status
 
 
 if __name__ == "__main__":

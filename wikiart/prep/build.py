@@ -37,7 +37,7 @@ PROG = "wikiart-build-shards"
 VERIFY_OUT = "@out"   # what a bare `--verify` means: check --out after building
 # Fields that do not change what is built (where, how fast, which part): kept out of the fingerprint.
 NOT_BUILD_PARAMS = ("out", "images_root", "csv_dir", "hf_dataset", "allow_missing", "workers", "num_parts",
-                    "part", "merge_manifests", "verify", "overwrite", "progress")
+                    "part", "merge_manifests", "verify", "overwrite", "progress", "push_to_hub", "hub_private")
 
 
 class BuildError(ValueError):
@@ -77,6 +77,10 @@ class BuildConfig:
                                    "after building)")
     overwrite: bool = opt(False, "rebuild when --out holds shards of a different build")
     progress: bool = opt(True, "progress bar (off when stderr is not a terminal)")
+    push_to_hub: str | None = opt(None, "then upload the finished build (tars, manifest.json, a dataset card) "
+                                        "to this Hugging Face dataset repo, USER/NAME; resumable: shards the "
+                                        "repo already holds are not sent again")
+    hub_private: bool = opt(False, "create that dataset repo private")
 
 
 def parse_build_config(argv: Sequence[str] | None = None) -> BuildConfig:
