@@ -106,12 +106,13 @@ class TimmFeatureMap(nn.Module):
         return stem or [next(m for _, m in self.model.named_children() if any(True for _ in m.parameters()))]
 
     def layer_ids(self) -> tuple[dict[str, int], int]:
-        """({parameter name: layer}, number of layers), timm's layer-decay grouping of the backbone:
-        stem 0, then each block, the final norm last (timm's `param_groups_layer_decay`)."""
+        """({parameter name: layer}, number of layers), timm's layer-decay grouping (its
+        `param_groups_layer_decay`): stem 0, then each block, the final norm, and on top the layer
+        of the pruned head, where the new modules (projection, GRUs, heads) now sit."""
         from timm.models import group_parameters
         layers = group_parameters(self.model, self.model.group_matcher(coarse=False), reverse=True)
-        count = max(layers.values()) + 1
-        return {f"model.{n}": layers.get(n, count - 1) for n, _ in self.model.named_parameters()}, count
+        top = max(layers.values())
+        return {f"model.{n}": layers.get(n, top) for n, _ in self.model.named_parameters()}, top + 2
 
 
 def _patch_size(model: nn.Module) -> int:
@@ -198,7 +199,7 @@ def download_weights(name: str) -> Path:
     endpoint, token, cache and offline mode of huggingface_hub's own settings); a failure is one
     PretrainedWeightsError line naming the repo and the file to fetch."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo, revision = hub_source(name)
     files = _hub_files(name)
@@ -207,6 +208,9 @@ def download_weights(name: str) -> Path:
         for filename in files:
             try:
                 return Path(hf_hub_download(repo, filename, revision=revision))
+            except LocalEntryNotFoundError as exc:  # offline mode (an EntryNotFoundError too)
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                break
             except EntryNotFoundError:
                 reason = f"{repo} has no {filename}"
                 continue  # timm's loader falls back to the next file too

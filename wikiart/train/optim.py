@@ -43,7 +43,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
 def _backbone_lr_groups(model: nn.Module, cfg: OptimConfig) -> list[tuple[str, list[nn.Parameter], float]]:
     """(name, parameters, peak lr) of the backbone: one group at cfg.backbone_lr, or with
     cfg.layer_decay timm's layer-wise decay (BEiT's): layer k of L (stem 0, blocks, final norm
-    L - 1) at backbone_lr * layer_decay ** (L - 1 - k), as timm's `param_groups_layer_decay`."""
+    L - 2; the new modules are L - 1, timm's head) at backbone_lr * layer_decay ** (L - 1 - k), as
+    timm's `param_groups_layer_decay` scales them."""
     if cfg.layer_decay is None:
         return [("backbone", model.backbone_parameters(), cfg.backbone_lr)]
     if not hasattr(model.backbone, "layer_ids"):
