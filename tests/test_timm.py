@@ -241,3 +241,12 @@ def test_a_resumed_vit_run_with_layer_decay_and_ema_equals_the_uninterrupted_one
     assert names[0] == "new" and "backbone_layer0" in names and len(names) > 3
     run = json.loads((straight / "config.json").read_text())
     assert run["data"]["interpolation"] == "bicubic" and run["optim"]["layer_decay"] == 0.75
+
+
+def test_model_card_names_the_timm_backbone_its_weights_and_resize_filter():
+    from wikiart.hub.card import build_card
+    model = tiny("timm/test_vit", 32, pretrained_weights="hf-hub:timm/test_vit.r160_in1k")
+    card = str(build_card("me/vit-genre", model.hub_config(), run_config={"optim": {"freeze_backbone": True}}))
+    assert "| backbone | timm/test_vit (started from hf-hub:timm/test_vit.r160_in1k) |" in card
+    assert "| backbone frozen | the whole run (--freeze-backbone) |" in card
+    assert "T.Resize(35, interpolation=T.InterpolationMode.BICUBIC)" in card
