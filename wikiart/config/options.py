@@ -24,7 +24,9 @@ SHARDS_HELP = ("the folder with manifest.json and the WebDataset shards: a direc
 SHARD_CACHE_HELP = ("remote --shards only: keep each shard in this local directory once read, so later "
                     "epochs read from disk (bounded by WIKIART_SHARD_CACHE_GB, default 50; safe to share "
                     "between the ranks and workers of a node)")
-BACKBONES_HELP = "resnet18/34/50/101/152, convnext_tiny, efficientnet_v2_s, or another torchvision model"
+BACKBONES_HELP = ("resnet18/34/50/101/152, convnext_tiny, efficientnet_v2_s, or another torchvision model; or "
+                  "timm/NAME for any timm model (ours), e.g. timm/convnext_base.fb_in22k_ft_in1k, "
+                  "timm/vit_large_patch14_dinov2.lvd142m (docs/backbones.md)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +63,20 @@ class DataConfig:
                             "noise in [0, 1] space, then normalised) or 'uniform' (ours: uniform pixel "
                             "noise in [0, 255), normalised)", choices=("normal", "uniform"))
     hflip: bool = opt(True, "random horizontal flip")
+    interpolation: str | None = opt(None, "resize filter of training and evaluation images (none: the "
+                                    "backbone's: bilinear for torchvision, as the seed; timm's pretrained "
+                                    "config for timm/NAME)", choices=("bilinear", "bicubic"))
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = opt("resnet50", "torchvision backbone: " + BACKBONES_HELP)
-    pretrained: bool = opt(True, "start from torchvision ImageNet weights, downloaded into the torch hub cache "
-                                 "($TORCH_HOME/hub/checkpoints) when absent (--no-pretrained: random init)")
-    pretrained_path: str | None = opt(None, "local file of ImageNet weights to start from (no download; "
-                                            "else the torch hub cache)")
+    backbone: str = opt("resnet50", "backbone: " + BACKBONES_HELP)
+    pretrained: bool = opt(True, "start from pretrained weights: torchvision's ImageNet weights, downloaded into "
+                                 "the torch hub cache ($TORCH_HOME/hub/checkpoints) when absent; for timm/NAME "
+                                 "the Hub repo of timm's pretrained config, downloaded into the Hugging Face "
+                                 "cache (--no-pretrained: random init)")
+    pretrained_path: str | None = opt(None, "local file of pretrained backbone weights to start from (no "
+                                            "download; else the torch hub / Hugging Face cache)")
     proj_dim: int = opt(320, "channels of the 1x1 projection before the GRUs", min=1)
     rnn_hidden: int = opt(256, "GRU hidden size per direction", min=1)
     rnn_layers: int = opt(2, "GRU layers", min=1)
@@ -107,6 +114,13 @@ class OptimConfig:
                                      "over the epochs left (the seed's style recipe: 7); none: never", min=1)
     freeze_backbone_epochs: int = opt(0, "ours: keep the whole backbone frozen (BatchNorm in eval mode) for the "
                                       "first N epochs, training only the new modules", min=0)
+    freeze_backbone: bool = opt(False, "ours: keep the whole backbone frozen for the whole run (linear-probe "
+                                "style: only the new modules train; the backbone in eval mode, without "
+                                "gradients, outside DDP's gradient sync); --freeze-backbone-epochs N freezes "
+                                "it for the first N epochs only")
+    layer_decay: float | None = opt(None, "ours: layer-wise learning-rate decay of a timm backbone: a layer "
+                                    "k blocks below the top trains at --backbone-lr * decay**k (e.g. 0.75 "
+                                    "for ViTs); none: one --backbone-lr", min=0.0, exclusive_min=True)
     frozen_bn_eval: bool = opt(False, "ours: put the frozen stem's BatchNorm in eval mode (the seed leaves "
                                "it in train mode: batch statistics, running statistics updated)")
     exclude_norm_bias_decay: bool = opt(False, "ours: no weight decay on biases and normalisation weights "

@@ -129,12 +129,13 @@ def as_chw(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels).unsqueeze(0).permute(0, 3, 1, 2)
 
 
-def resize_uint8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Antialiased bilinear resize of a (1, 3, h, w) uint8 tensor (PIL's filter; torch's
-    vectorised uint8 kernel is ~2x faster than PIL's resize). Returns (1, 3, H, W) uint8."""
+def resize_uint8(x: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased bilinear (or bicubic: a timm backbone's) resize of a (1, 3, h, w) uint8 tensor
+    (PIL's filters; torch's vectorised uint8 kernel is ~2x faster than PIL's resize). Returns
+    (1, 3, H, W) uint8."""
     if x.shape[-2:] == (height, width):
         return x
-    return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=(height, width), mode=mode, antialias=True, align_corners=False)
 
 
 def to_hwc(x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +153,7 @@ class TrainTransform:
         self.jitter = tuple(cfg.color_jitter)
         self.erasing_p = cfg.erasing_p
         self.hflip = cfg.hflip
+        self.interpolation = cfg.interpolation or "bilinear"
 
     @property
     def decode_size(self) -> int:
@@ -162,7 +164,7 @@ class TrainTransform:
         """HWC uint8 pixels -> ((size, size, 3) uint8, (AUG_SIZE,) float32 device-stage parameters)."""
         height, width = pixels.shape[:2]
         left, top, w, h = rrc_params(width, height, self.scale, self.ratio, gen)
-        x = resize_uint8(as_chw(pixels)[:, :, top:top + h, left:left + w], self.size, self.size)
+        x = resize_uint8(as_chw(pixels)[:, :, top:top + h, left:left + w], self.size, self.size, self.interpolation)
         if self.hflip and gen.random() < 0.5:
             x = x.flip(-1)
         factors = jitter_params(self.jitter, gen)
@@ -176,6 +178,7 @@ class EvalTransform:
     def __init__(self, cfg: DataConfig):
         self.size = cfg.image_size
         self.resize = cfg.eval_resize or round(cfg.image_size * EVAL_RESIZE_RATIO)
+        self.interpolation = cfg.interpolation or "bilinear"
 
     @property
     def decode_size(self) -> int:
@@ -189,7 +192,7 @@ class EvalTransform:
             new_h, new_w = self.resize, int(self.resize * width / height)
         else:
             new_h, new_w = int(self.resize * height / width), self.resize
-        x = resize_uint8(as_chw(pixels), new_h, new_w)
+        x = resize_uint8(as_chw(pixels), new_h, new_w, self.interpolation)
         top = int(round((new_h - self.size) / 2.0))
         left = int(round((new_w - self.size) / 2.0))
         if top < 0 or left < 0:

@@ -2,7 +2,7 @@
 checkpoint (the command: wikiart.cli.predict, `wikiart-predict`).
 
 Images go through the eval transform with the image size stored in the model's config (and its
-mean/std). An unreadable file is returned as a failure by name; the others are still classified.
+mean/std and resize filter). An unreadable file is returned as a failure by name; the others are still classified.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[dict[str, st
     """(predictions, failures) for the images of `cfg`."""
     loaded = load_model(cfg.checkpoint)
     loaded.model.to(resolve_device(cfg.device))
-    transform = build_eval_transform(DataConfig(image_size=loaded.model.image_size,
-                                                eval_resize=loaded.eval_resize))
+    transform = build_eval_transform(DataConfig(image_size=loaded.model.image_size, eval_resize=loaded.eval_resize,
+                                                interpolation=loaded.model.interpolation))
     good, bad = load_images(cfg.images, transform)
     results = []
     for start in range(0, len(good), cfg.batch_size):

@@ -124,8 +124,7 @@ def _recipe_rows(model_config: Mapping[str, Any], run_config: Mapping[str, Mappi
                  world_size: int, steps: int | None) -> list[tuple[str, str]]:
     data, model = run_config.get("data", {}), run_config.get("model", {})
     optim, train = run_config.get("optim", {}), run_config.get("train", {})
-    init = "ImageNet weights" if model.get("pretrained") or model.get("pretrained_path") else "random init"
-    rows = [("backbone", f"{model_config.get('backbone')} ({init})"),
+    rows = [("backbone", f"{model_config.get('backbone')} ({_backbone_init(model_config, model)})"),
             ("RNN branch", f"row + column BiGRU, hidden {model_config.get('rnn_hidden')}, "
                            f"{model_config.get('rnn_layers')} layers" if model_config.get("use_rnn") else "off (GAP only)"),
             ("image size", str(model_config.get("image_size")))]
@@ -150,25 +149,47 @@ def _recipe_rows(model_config: Mapping[str, Any], run_config: Mapping[str, Mappi
                                     f"α {optim.get('mixup_alpha')}, CutMix p {optim.get('cutmix_p')} "
                                     f"α {optim.get('cutmix_alpha')}, clip grad {optim.get('clip_grad')}"),
                  ("stem unfrozen, AdamW and cosine restarted at epoch", str(optim.get("unfreeze_epoch"))),
+                 ("backbone frozen", "the whole run (--freeze-backbone)" if optim.get("freeze_backbone")
+                  else f"the first {optim.get('freeze_backbone_epochs') or 0} epochs"),
+                 ("layer-wise lr decay", str(optim.get("layer_decay"))),
                  ("EMA decay", str(optim.get("ema_decay")))]
     return rows
 
 
+def _grid_word(model_config: Mapping[str, Any]) -> str:
+    """A patch-based backbone's (ViT, Swin) output is a grid of patch features; a CNN's a feature map."""
+    patched = int((model_config.get("backbone_info") or {}).get("input_multiple") or 1) > 1
+    return "patch-feature grid" if patched else "feature map"
+
+
+def _backbone_init(model_config: Mapping[str, Any], run_model: Mapping[str, Any]) -> str:
+    """What the backbone started from: config.json's `pretrained_weights` (a timm backbone's Hub
+    repo, torchvision's weights enum, a local file), else, for models saved before it, the run's flags."""
+    if model_config.get("pretrained_weights"):
+        return f"started from {model_config['pretrained_weights']}"
+    if "pretrained_weights" in model_config or not (run_model.get("pretrained") or run_model.get("pretrained_path")):
+        return "random init"
+    return "ImageNet weights"
+
+
 def _usage_section(repo_id: str, model_config: Mapping[str, Any], eval_resize: int) -> list[str]:
     size = model_config.get("image_size")
+    interpolation = model_config.get("interpolation") or "bilinear"
+    resize = (f"T.Resize({eval_resize})" if interpolation == "bilinear" else
+              f"T.Resize({eval_resize}, interpolation=T.InterpolationMode.{interpolation.upper()})")
     return ["## How to use", "", "```python", "import torch", "from PIL import Image",
             "from torchvision import transforms as T", "from wikiart.model.classifier import CNNRNNClassifier", "",
             f'model = CNNRNNClassifier.from_pretrained("{repo_id}").eval()',
-            f"prep = T.Compose([T.Resize({eval_resize}), T.CenterCrop({size}), T.ToTensor(), "
+            f"prep = T.Compose([{resize}, T.CenterCrop({size}), T.ToTensor(), "
             "T.Normalize(model.mean, model.std)])",
             'x = prep(Image.open("painting.jpg").convert("RGB")).unsqueeze(0)',
             "with torch.no_grad():", "    logits = model(x)  # {task: (1, classes)}",
             "print({t: model.class_names[t][int(v.argmax(1))] for t, v in logits.items()})", "```", "",
             "From the command line (top-k per task):", "", "```bash",
             f"wikiart-predict --checkpoint {repo_id} painting.jpg", "```", "",
-            f"Preprocessing as in validation: resize the shorter side to {eval_resize}, centre-crop "
-            f"{size} × {size}, normalise with mean {model_config.get('mean')} and std {model_config.get('std')} "
-            "(image size, mean and std are stored in `config.json`)."]
+            f"Preprocessing as in validation: resize the shorter side to {eval_resize} ({interpolation}), "
+            f"centre-crop {size} × {size}, normalise with mean {model_config.get('mean')} and std "
+            f"{model_config.get('std')} (image size, resize filter, mean and std are stored in `config.json`)."]
 
 
 def _eval_resize(model_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> int:
@@ -198,8 +219,8 @@ def build_card(repo_id: str, model_config: Mapping[str, Any], *, run_config: Map
         eval_results=eval_results(metrics or {}, dataset_id, "WikiArt", split) or None)
     recipe = _recipe_rows(model_config, run_config or {}, world_size, steps)
     body = [f"# {name}", "",
-            f"A CNN-RNN painting classifier ({model_config.get('backbone')} feature map read row by row and "
-            f"column by column by bidirectional GRUs, attention pooling, one head per task) for "
+            f"A CNN-RNN painting classifier ({model_config.get('backbone')} {_grid_word(model_config)} read row "
+            f"by row and column by column by bidirectional GRUs, attention pooling, one head per task) for "
             f"{', '.join(f'**{t}**' for t in tasks)}, trained with the `wikiart` pipeline.", "",
             *_classes_section(class_names), "", *_data_section(manifest, description), "",
             "## Training recipe", "", "| setting | value |", "|---|---|",

@@ -1,4 +1,5 @@
-"""torchvision backbones truncated before pooling, and their ImageNet weights.
+"""Backbones truncated before pooling, and their pretrained weights: torchvision's (below) and
+timm's (`--backbone timm/NAME`, `wikiart.model.timm_backbones`); the functions here dispatch.
 
 The truncated backbone is an `nn.Sequential` of the torchvision model's own top-level children
 under their own names (`conv1`, ..., `layer4` or `features`), so its state-dict keys are a
@@ -25,6 +26,8 @@ import torch
 import torchvision
 from torch import nn
 
+from . import timm_backbones
+from .timm_backbones import PretrainedWeightsError
 from ..runtime.netprobe import unreachable
 from ..runtime.ranks import raise_any_on_every_rank
 
@@ -39,8 +42,16 @@ EXAMPLES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "convn
 DOWNLOAD_STALL_S = 60.0
 
 
-class PretrainedWeightsError(RuntimeError):
-    """ImageNet weights could not be had (not cached, no download), or the file does not fit the backbone."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's own transforms resize bilinearly (antialiased); the seed does too.
+TORCHVISION_PREPROCESSING = timm_backbones.Preprocessing(IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+
+
+def preprocessing(name: str) -> timm_backbones.Preprocessing:
+    """Mean, std and resize filter of the images `name` was pretrained on (timm's pretrained
+    config for timm names; ImageNet's statistics and bilinear for torchvision's)."""
+    return timm_backbones.preprocessing(name) if timm_backbones.is_timm(name) else TORCHVISION_PREPROCESSING
 
 
 def classification_models() -> list[str]:
@@ -55,8 +66,25 @@ def _children_for(model: nn.Module, name: str) -> tuple[str, ...]:
                      f"(no conv1..layer4, stem/trunk_output or .features); try one of {list(EXAMPLES)}")
 
 
-def build_backbone(name: str) -> tuple[nn.Sequential, int, list[nn.Module]]:
-    """Randomly initialised truncated backbone -> (module, output channels, stem modules)."""
+def weights_description(name: str, path: str | os.PathLike | None = None) -> str:
+    """Where a backbone's pretrained weights come from, for config.json and the model card."""
+    if path is not None:
+        return f"local file {Path(path).name}"
+    if timm_backbones.is_timm(name):
+        repo, revision = timm_backbones.hub_source(name)
+        return f"hf-hub:{repo}" + (f"@{revision}" if revision else "")
+    try:
+        return f"torchvision:{torchvision.models.get_model_weights(name).DEFAULT}"
+    except (ValueError, KeyError, AttributeError):
+        return "torchvision: none"
+
+
+def build_backbone(name: str, image_size: int = 224) -> tuple[nn.Module, int, list[nn.Module]]:
+    """Randomly initialised truncated backbone -> (module, output channels, stem modules). A timm
+    backbone is built for `image_size` (ViT position embeddings) and refuses a size it cannot take."""
+    if timm_backbones.is_timm(name):
+        backbone = timm_backbones.build(name, image_size)
+        return backbone, backbone.channels, backbone.stem_modules()
     available = classification_models()
     if name not in available:
         raise ValueError(f"unknown backbone {name!r}; use a torchvision classification model such as "
@@ -152,13 +180,17 @@ def fetch_pretrained(model_cfg: Any, accelerator: Any) -> None:
     downloads the ImageNet weights the run starts from when its cache lacks them (a node-local
     cache gets its own copy) while the other ranks wait, and a failure is raised on every rank,
     so none is left waiting at a collective."""
-    if not model_cfg.pretrained or model_cfg.pretrained_path or model_cfg.backbone not in classification_models():
-        return  # a local file or random init: nothing to download; a bad name fails in build_backbone
+    name = model_cfg.backbone
+    if not model_cfg.pretrained or model_cfg.pretrained_path:
+        return  # a local file or random init: nothing to download
+    if not timm_backbones.is_timm(name) and name not in classification_models():
+        return  # a bad name fails in build_backbone
+    resolve = timm_backbones.resolve_weights_file if timm_backbones.is_timm(name) else resolve_weights_file
     error = None
     if accelerator.is_local_main_process:
         try:
-            resolve_weights_file(model_cfg.backbone)
-        except PretrainedWeightsError as exc:
+            resolve(name)
+        except (PretrainedWeightsError, ValueError) as exc:
             error = exc
     raise_any_on_every_rank(accelerator, error)
 
@@ -184,8 +216,11 @@ def load_imagenet_weights(backbone: nn.Module, name: str, path: str | os.PathLik
     """Load torchvision ImageNet weights of `name` into a backbone from `build_backbone`.
 
     Reads `path`, else the torch hub cache (downloading into it when absent, see
-    `resolve_weights_file`). Returns the file that was read.
+    `resolve_weights_file`). Returns the file that was read. A timm backbone's weights come from
+    the Hub cache (or `path`) through timm's own loader (`load_timm_weights`).
     """
+    if timm_backbones.is_timm(name):
+        return load_timm_weights(backbone, name, path)
     file = resolve_weights_file(name, path)
     state = _read_state_dict(file)
     wanted = backbone.state_dict()
@@ -199,4 +234,18 @@ def load_imagenet_weights(backbone: nn.Module, name: str, path: str | os.PathLik
                                      f"{bad[:3]} (e.g. {tuple(state[bad[0]].shape)} vs "
                                      f"{tuple(wanted[bad[0]].shape)})")
     backbone.load_state_dict({k: state[k] for k in wanted}, strict=True)
+    return file
+
+
+def load_timm_weights(backbone: nn.Module, name: str, path: str | os.PathLike | None = None) -> Path:
+    """timm's loader reads the file into a headless backbone built alike (its checkpoint filter
+    resamples a ViT's position embeddings to the run's image size), whose tensors are then copied
+    into `backbone`, so the modules (and the stem list pointing into them) stay the same."""
+    file = timm_backbones.resolve_weights_file(name, path)
+    image_size = getattr(backbone, "image_size", None)
+    loaded = timm_backbones.build(name, image_size or 224, weights_file=file)
+    try:
+        backbone.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise PretrainedWeightsError(f"{file} does not fit backbone {name!r}: {str(exc).splitlines()[0]}") from exc
     return file

@@ -19,11 +19,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .backbones import build_backbone, load_imagenet_weights
+from .backbones import (IMAGENET_MEAN, IMAGENET_STD, build_backbone, load_imagenet_weights,  # noqa: F401
+                        preprocessing, weights_description)
+from .timm_backbones import is_timm
 from ..config.options import ModelConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 ATTENTION_POOLS = ("linear", "mlp")
@@ -76,19 +75,26 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
                  class_names: dict[str, list[str]] | None = None, proj_dim: int = 320,
                  rnn_hidden: int = 256, rnn_layers: int = 2, rnn_dropout: float = 0.2,
                  head_dropout: float = 0.4, use_rnn: bool = True, image_size: int = 384,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 eval_resize: int | None = None, attention_pool: str = "mlp"):
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 eval_resize: int | None = None, attention_pool: str = "mlp",
+                 interpolation: str | None = None, pretrained_weights: str | None = None):
         # attention_pool defaults to "mlp" here, not the seed's "linear" that ModelConfig passes:
         # config.json files written before the option existed have no such key and hold MLP pools.
+        # mean, std, interpolation: None means the backbone's (ImageNet's and bilinear for
+        # torchvision, as every config.json written before timm backbones; timm's pretrained config).
         super().__init__()
+        norm = preprocessing(backbone)
         counts, names = _check_heads(num_classes, class_names)
         self.backbone_name = backbone
         self.class_names = names
         self.use_rnn = use_rnn
         self.image_size = int(image_size)
         self.eval_resize = int(eval_resize) if eval_resize else None  # the run's --eval-resize; None: the default
-        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        self.backbone, self.feature_channels, self._stem = build_backbone(backbone)
+        self.mean = tuple(float(v) for v in (norm.mean if mean is None else mean))
+        self.std = tuple(float(v) for v in (norm.std if std is None else std))
+        self.interpolation = interpolation or norm.interpolation  # the resize filter of evaluation
+        self.pretrained_weights = pretrained_weights  # what the backbone started from (model card)
+        self.backbone, self.feature_channels, self._stem = build_backbone(backbone, self.image_size)
         self.embed_dim = self.feature_channels
         if use_rnn:
             self.proj = nn.Sequential(nn.Conv2d(self.feature_channels, proj_dim, 1, bias=False),
@@ -107,7 +113,17 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
             rnn_hidden=rnn_hidden, rnn_layers=rnn_layers, rnn_dropout=rnn_dropout,
             head_dropout=head_dropout, use_rnn=use_rnn, image_size=self.image_size,
             mean=list(self.mean), std=list(self.std), eval_resize=self.eval_resize,
-            attention_pool=attention_pool)
+            attention_pool=attention_pool, interpolation=self.interpolation,
+            pretrained_weights=pretrained_weights, backbone_info=self.backbone_info())
+
+    def backbone_info(self) -> dict:
+        """config.json's record of the backbone's input constraint and output (not a constructor
+        argument: from_pretrained ignores it): library, side multiple, feature channels and stride."""
+        timm = is_timm(self.backbone_name)
+        return {"library": "timm" if timm else "torchvision",
+                "input_multiple": self.backbone.input_multiple if timm else 1,
+                "feature_channels": self.feature_channels,
+                "feature_reduction": self.backbone.reduction if timm else None}
 
     def hub_config(self) -> dict:
         """What save_pretrained writes to config.json (architecture, classes, preprocessing)."""
@@ -115,16 +131,20 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
 
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, class_names: Mapping[str, Sequence[str]],
-                    image_size: int, eval_resize: int | None = None) -> "CNNRNNClassifier":
-        """Build from the CLI's ModelConfig; loads ImageNet weights when asked (downloading them into
-        the torch hub cache when absent, unless a --pretrained-path file is given)."""
+                    image_size: int, eval_resize: int | None = None,
+                    interpolation: str | None = None) -> "CNNRNNClassifier":
+        """Build from the CLI's ModelConfig; loads pretrained weights when asked (downloading them
+        into the torch hub or Hugging Face cache when absent, unless a --pretrained-path file is given)."""
+        # --pretrained-path alone also means "start from these pretrained weights"
+        pretrained = bool(model_cfg.pretrained or model_cfg.pretrained_path)
         model = cls(backbone=model_cfg.backbone, class_names={t: list(v) for t, v in class_names.items()},
                     proj_dim=model_cfg.proj_dim, rnn_hidden=model_cfg.rnn_hidden,
                     rnn_layers=model_cfg.rnn_layers, rnn_dropout=model_cfg.rnn_dropout,
                     head_dropout=model_cfg.head_dropout, use_rnn=model_cfg.rnn, image_size=image_size,
-                    eval_resize=eval_resize, attention_pool=model_cfg.attention_pool)
-        # --pretrained-path alone also means "start from these ImageNet weights"
-        if model_cfg.pretrained or model_cfg.pretrained_path:
+                    eval_resize=eval_resize, attention_pool=model_cfg.attention_pool, interpolation=interpolation,
+                    pretrained_weights=weights_description(model_cfg.backbone, model_cfg.pretrained_path)
+                    if pretrained else None)
+        if pretrained:
             model.load_imagenet_weights(model_cfg.pretrained_path)
         return model
 
@@ -134,8 +154,8 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
         return super()._from_pretrained(strict=strict, **kwargs)
 
     def load_imagenet_weights(self, path: str | None = None) -> None:
-        """Load torchvision ImageNet weights into the backbone from `path` or the torch hub cache
-        (downloaded into it when absent)."""
+        """Load the backbone's pretrained weights from `path`, else from the torch hub cache
+        (torchvision) or the Hugging Face cache (timm), downloaded into it when absent."""
         load_imagenet_weights(self.backbone, self.backbone_name, path)
 
     @property
@@ -175,7 +195,8 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
     def stem_modules(self) -> list[nn.Module]:
-        """conv1 + bn1 for ResNets, the first block of `.features` (or `stem`) otherwise."""
+        """conv1 + bn1 for ResNets, the first block of `.features` (or `stem`) otherwise; for a
+        timm backbone the children timm calls its stem (a ViT's patch_embed)."""
         return list(self._stem)
 
     def stem_parameters(self) -> list[nn.Parameter]:
@@ -183,6 +204,6 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
 
 
 def from_config(model_cfg: ModelConfig, class_names: Mapping[str, Sequence[str]],
-                image_size: int, eval_resize: int | None = None) -> CNNRNNClassifier:
+                image_size: int, eval_resize: int | None = None, interpolation: str | None = None) -> CNNRNNClassifier:
     """Build the classifier the training command asked for (see CNNRNNClassifier.from_config)."""
-    return CNNRNNClassifier.from_config(model_cfg, class_names, image_size, eval_resize)
+    return CNNRNNClassifier.from_config(model_cfg, class_names, image_size, eval_resize, interpolation)

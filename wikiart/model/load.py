@@ -6,7 +6,7 @@
                                              run's config.json two levels up and extra.pt's class names
     --checkpoint runs/x                      a run directory: its best/ (else its newest checkpoint)
 
-Nothing here downloads ImageNet weights: every weight comes from the checkpoint.
+Nothing here downloads pretrained backbone weights: every weight comes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _load_training_state(path: Path, use_ema: bool) -> LoadedModel:
     # The weights come from the checkpoint: never load ImageNet weights on top.
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None)
     model = CNNRNNClassifier.from_config(model_cfg, extra["class_names"], cfg.data.image_size,
-                                         cfg.data.eval_resize)
+                                         cfg.data.eval_resize, cfg.data.interpolation)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -185,7 +185,7 @@ def eval_data_config(loaded: LoadedModel, shards: str, batch_size: int, workers:
     check_eval_resize(eval_resize, loaded.model.image_size)
     return DataConfig(task=task, shards=shards, image_size=loaded.model.image_size,
                       eval_resize=eval_resize or loaded.eval_resize, batch_size=batch_size,
-                      eval_batch_size=batch_size, workers=workers)
+                      eval_batch_size=batch_size, workers=workers, interpolation=loaded.model.interpolation)
 
 
 def check_class_names(saved: dict[str, list[str]], manifest: Manifest, where: str,

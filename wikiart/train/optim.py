@@ -3,6 +3,8 @@
 Freezing never flips `requires_grad`: every parameter stays registered with DDP and takes part
 in gradient synchronisation from the first step. A frozen parameter instead has its gradient
 set to None after backward, so AdamW skips it entirely (no update, no weight decay, no state).
+The one exception is --freeze-backbone (`wikiart.train.recipe.freeze_for_run`): a backbone frozen
+for the whole run never needs its gradients, so it has none and DDP leaves it out.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from ..config.options import OptimConfig
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """New modules at cfg.lr, backbone at cfg.backbone_lr, weight decay on every parameter (the
     seed's two AdamW groups); with cfg.exclude_norm_bias_decay (ours) biases and norm weights go
-    into `*_no_decay` groups without decay."""
+    into `*_no_decay` groups without decay; with cfg.layer_decay (ours) the backbone is one group per
+    layer (`backbone_layerK`, see `_backbone_lr_groups`)."""
     groups = []
-    for name, params, lr in (("new", model.new_parameters(), cfg.lr),
-                             ("backbone", model.backbone_parameters(), cfg.backbone_lr)):
+    for name, params, lr in (("new", model.new_parameters(), cfg.lr), *_backbone_lr_groups(model, cfg)):
         split = ((("", [p for p in params if p.ndim > 1], cfg.weight_decay),
                   ("_no_decay", [p for p in params if p.ndim <= 1], 0.0))
                  if cfg.exclude_norm_bias_decay else (("", params, cfg.weight_decay),))
@@ -36,6 +38,26 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     if len(grouped) != len(set(grouped)) or set(grouped) != {id(p) for p in model.parameters()}:
         raise RuntimeError("backbone_parameters() and new_parameters() must split the model's parameters")
     return groups
+
+
+def _backbone_lr_groups(model: nn.Module, cfg: OptimConfig) -> list[tuple[str, list[nn.Parameter], float]]:
+    """(name, parameters, peak lr) of the backbone: one group at cfg.backbone_lr, or with
+    cfg.layer_decay timm's layer-wise decay (BEiT's): layer k of L (stem 0, blocks, final norm
+    L - 2; the new modules are L - 1, timm's head) at backbone_lr * layer_decay ** (L - 1 - k), as
+    timm's `param_groups_layer_decay` scales them."""
+    if cfg.layer_decay is None:
+        return [("backbone", model.backbone_parameters(), cfg.backbone_lr)]
+    if not hasattr(model.backbone, "layer_ids"):
+        raise ValueError(f"--layer-decay {cfg.layer_decay:g} needs a timm backbone (--backbone timm/NAME), whose "
+                         f"layers timm numbers; this backbone has one --backbone-lr")
+    if cfg.layer_decay > 1:
+        raise ValueError(f"--layer-decay {cfg.layer_decay:g}: expected a decay in (0, 1], e.g. 0.75")
+    layer_of, count = model.backbone.layer_ids()
+    layers: dict[int, list[nn.Parameter]] = {}
+    for name, param in model.backbone.named_parameters():
+        layers.setdefault(layer_of[name], []).append(param)
+    return [(f"backbone_layer{k}", layers[k], cfg.backbone_lr * cfg.layer_decay ** (count - 1 - k))
+            for k in sorted(layers)]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> torch.optim.AdamW:
@@ -125,7 +147,7 @@ class FreezePlan:
     """Which backbone parts are frozen at an epoch (0-based), and when the optimizer restarts.
 
     Phases: BACKBONE_FROZEN for the first `backbone_frozen_epochs` epochs (ours: only the new
-    modules train, every backbone BatchNorm in eval mode); then STEM_FROZEN while `freeze_stem`
+    modules train, the whole backbone in eval mode: BatchNorm, dropout, drop-path); then STEM_FROZEN while `freeze_stem`
     and before `unfreeze_epoch` (the seed: conv1/bn1 frozen, layer1-4 training, bn1 left in train
     mode unless `frozen_bn_eval`); then NONE_FROZEN. Entering NONE_FROZEN at `unfreeze_epoch`
     is where the seed rebuilds AdamW and restarts its cosine (`restart_epoch`).
@@ -193,10 +215,13 @@ class FreezePlan:
         return dropped
 
     def apply_bn_mode(self, model: nn.Module, epoch: int) -> None:
-        """Call after model.train(): BatchNorm layers of a frozen backbone (and of a frozen stem
-        with `frozen_bn_eval`) normalise with, and keep, their running statistics. The seed's
+        """Call after model.train(): a frozen backbone goes into eval mode, BatchNorm layers of a
+        frozen stem with `frozen_bn_eval` normalise with, and keep, their running statistics. The seed's
         frozen bn1 stays in train mode: batch statistics, running statistics updated."""
         phase = self.phase(epoch)
+        if phase == self.BACKBONE_FROZEN:
+            model.backbone.eval()  # a frozen backbone computes fixed features: no dropout or drop-path either
+            return
         if phase == self.STEM_FROZEN and not self.frozen_bn_eval:
             return
         for module in self.frozen_modules(epoch, model):

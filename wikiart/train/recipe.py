@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..config.options import RunConfig, with_earlier_defaults
+from ..model.backbones import preprocessing
 from .optim import FreezePlan, LRSchedule
 
 
@@ -21,9 +22,29 @@ def starts_pretrained(cfg: RunConfig) -> bool:
     return bool(model.pretrained or model.pretrained_path)
 
 
+def with_backbone_preprocessing(cfg: RunConfig) -> RunConfig:
+    """--interpolation resolved to the backbone's resize filter when not given (bilinear for
+    torchvision, timm's pretrained config for timm/NAME), so config.json records what runs; a
+    timm name timm does not know fails here, before anything is written."""
+    data = cfg.data
+    interpolation = data.interpolation or preprocessing(cfg.model.backbone).interpolation
+    return cfg.replace(data=dataclasses.replace(data, interpolation=interpolation))
+
+
+def freeze_for_run(cfg: RunConfig, model: torch.nn.Module) -> None:
+    """--freeze-backbone: the backbone never trains, so it needs no gradients at all. Its
+    parameters stop requiring them before DDP wraps the model (DDP then neither registers nor
+    synchronises them, and autograd records nothing in the backbone); the FreezePlan keeps it in
+    eval mode. --freeze-backbone-epochs instead zeroes the gradients of a backbone that will
+    unfreeze, so that one stays registered (`wikiart.train.optim`)."""
+    if cfg.optim.freeze_backbone:
+        model.backbone.requires_grad_(False)
+
+
 def freeze_stem_for(cfg: RunConfig) -> bool:
-    """The stem is frozen to keep pretrained low-level filters; a random stem must learn."""
-    return cfg.optim.freeze_stem and starts_pretrained(cfg)
+    """The stem is frozen to keep pretrained low-level filters; a random stem must learn. With
+    --freeze-backbone the whole backbone is frozen for the run: no stem phase, no unfreezing."""
+    return cfg.optim.freeze_stem and starts_pretrained(cfg) and not cfg.optim.freeze_backbone
 
 
 def unfreeze_epoch_for(cfg: RunConfig) -> int | None:
@@ -34,11 +55,14 @@ def unfreeze_epoch_for(cfg: RunConfig) -> int | None:
 
 def freeze_plan_for(cfg: RunConfig, model: torch.nn.Module) -> FreezePlan:
     """What is frozen when (wikiart.train.optim.FreezePlan; epochs 0-based there). A random backbone is
-    never frozen: it would stay random."""
+    not frozen by --freeze-backbone-epochs (it would stay random); --freeze-backbone, asked for the
+    whole run, freezes any backbone (a random-features probe is a baseline too)."""
     optim_cfg, unfreeze = cfg.optim, unfreeze_epoch_for(cfg)
+    frozen_epochs = optim_cfg.freeze_backbone_epochs if starts_pretrained(cfg) else 0
+    if optim_cfg.freeze_backbone:
+        frozen_epochs = cfg.train.epochs
     return FreezePlan(model, freeze_stem_for(cfg), None if unfreeze is None else unfreeze - 1,
-                      backbone_frozen_epochs=optim_cfg.freeze_backbone_epochs if starts_pretrained(cfg) else 0,
-                      frozen_bn_eval=optim_cfg.frozen_bn_eval)
+                      backbone_frozen_epochs=frozen_epochs, frozen_bn_eval=optim_cfg.frozen_bn_eval)
 
 
 def schedule_for(cfg: RunConfig, steps_per_epoch: int, total: int, freeze: FreezePlan) -> LRSchedule:
@@ -74,7 +98,8 @@ def resolve_batch_scaling(cfg: RunConfig, world: int) -> tuple[RunConfig, str]:
 
 # The flags a resume must keep: they decide the model's parameters, the optimizer's groups and
 # the data position the checkpoint's counters point into.
-FIXED_AT_RESUME = (("model", "attention_pool"), ("optim", "exclude_norm_bias_decay"), ("data", "combined_data"))
+FIXED_AT_RESUME = (("model", "attention_pool"), ("optim", "exclude_norm_bias_decay"), ("optim", "layer_decay"),
+                   ("data", "combined_data"))
 
 
 def _flag(name: str, value: Any) -> str:

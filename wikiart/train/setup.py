@@ -34,7 +34,8 @@ from ..evaluate.metrics import headline_metrics
 from .mixing import Mixer
 from ..model.classifier import CNNRNNClassifier, from_config
 from .optim import HYPERPARAMETERS, ModelEMA, build_optimizer, restore_hyperparameters
-from .recipe import check_resume_recipe, freeze_plan_for, resolve_batch_scaling, schedule_for, starts_pretrained
+from .recipe import (check_resume_recipe, freeze_for_run, freeze_plan_for, resolve_batch_scaling, schedule_for,
+                     starts_pretrained, with_backbone_preprocessing)
 from ..runtime.ranks import raise_on_every_rank
 from .runlog import RunLogger
 
@@ -100,7 +101,8 @@ def without_imagenet_weights(cfg: RunConfig) -> RunConfig:
 def build_model(cfg: RunConfig, manifest: Manifest, heads: tuple[str, ...]) -> CNNRNNClassifier:
     torch.manual_seed(cfg.train.seed)  # identical init on every rank
     class_names = {t: manifest.class_names(t) for t in heads}
-    return from_config(cfg.model, class_names, cfg.data.image_size, cfg.data.eval_resize)
+    return from_config(cfg.model, class_names, cfg.data.image_size, cfg.data.eval_resize,
+                       cfg.data.interpolation)
 
 
 @dataclasses.dataclass
@@ -155,6 +157,7 @@ def setup_job(cfg: RunConfig) -> Job:
     # config.json records the precision that runs (the default bf16 on CUDA, "no" on the CPU).
     cfg = cfg.replace(train=dataclasses.replace(cfg.train, mixed_precision=accelerator.mixed_precision))
     cfg, batch_line = resolve_batch_scaling(cfg, accelerator.num_processes)
+    cfg = with_backbone_preprocessing(cfg)
     data, optim_cfg, train = cfg.data, cfg.optim, cfg.train
     # Every check comes before the first write (prepare_run_dir): bad input leaves --out untouched.
     manifest = load_manifest(data.shards, cache=data.shard_cache)
@@ -203,6 +206,7 @@ def _model_and_state(cfg: RunConfig, accelerator: Accelerator, manifest: Manifes
     if not resumes:
         fetch_pretrained(cfg.model, accelerator)  # each node's main rank downloads missing weights
     model = build_model(without_imagenet_weights(cfg) if resumes else cfg, manifest, heads)
+    freeze_for_run(cfg, model)  # --freeze-backbone: no gradients, out of DDP (before prepare)
     optimizer = build_optimizer(model, optim_cfg, fused=accelerator.device.type == "cuda")
     ema = ModelEMA(model, optim_cfg.ema_decay) if optim_cfg.ema_decay else None
     state, extra = _maybe_resume(cfg, run_dir, model, optimizer, ema, manifest, heads, accelerator)
@@ -217,7 +221,10 @@ def _start_lines(cfg, heads, accelerator, steps: int, total: int, run_dir: Path,
         lines.append("the checkpoint comes from a run whose epochs read every sample, labelled for the task "
                      "or not; this run goes on that way, so its steps and schedule stay as they were")
     optim_cfg = cfg.optim
-    if (optim_cfg.unfreeze_epoch or optim_cfg.freeze_backbone_epochs) and not starts_pretrained(cfg):
+    if optim_cfg.freeze_backbone:
+        lines.append(f"--freeze-backbone: the {'pretrained' if starts_pretrained(cfg) else 'RANDOM'} backbone stays "
+                     f"frozen (eval mode, no gradients) for the whole run; only the new modules train")
+    elif (optim_cfg.unfreeze_epoch or optim_cfg.freeze_backbone_epochs) and not starts_pretrained(cfg):
         lines.append("freezing not applied (--unfreeze-epoch, --freeze-backbone-epochs): the backbone starts "
                      "from random weights and trains from the first step, on one cosine (freezing applies to "
                      "pretrained weights)")
