@@ -52,14 +52,23 @@ def test_two_ranks_from_a_url_train_exactly_as_from_the_directory(synthetic_shar
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["shards"] == url
 
 
-def test_killed_and_resumed_from_a_url_with_a_shard_cache_ends_identical(synthetic_shards, local_two_ranks,
-                                                                         tmp_path):
+HUB_PREFIX = "/datasets/someone/wikiart-shards/resolve/main/shards"  # hf://datasets/someone/wikiart-shards/shards
+
+
+def hub_env(url: str) -> dict[str, str]:
+    """The server as the Hub: hf://datasets/USER/REPO/PATH -> ENDPOINT/datasets/USER/REPO/resolve/main/PATH."""
+    return {**FAST_RETRIES, "HF_ENDPOINT": url.split("/datasets/")[0], "HF_HUB_OFFLINE": "0"}
+
+
+def test_killed_and_resumed_from_a_hub_dataset_repo_with_a_shard_cache_ends_identical(synthetic_shards,
+                                                                                       local_two_ranks, tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
-    with serve(synthetic_shards) as (url, faults):
-        args = train_args(url, out, "--shard-cache", str(cache))
-        killed = run_train(args, ranks=2, check=False, env={**FAST_RETRIES, "WIKIART_FAULT": "train.step@5"})
+    with serve(synthetic_shards, prefix=HUB_PREFIX) as (url, faults):
+        args = train_args("hf://datasets/someone/wikiart-shards/shards", out, "--shard-cache", str(cache))
+        env = hub_env(url)
+        killed = run_train(args, ranks=2, check=False, env={**env, "WIKIART_FAULT": "train.step@5"})
         assert killed.returncode != 0 and f"signal {int(signal.SIGKILL)} at train.step #5" in killed.stdout
-        resumed = run_train([*args, "--resume", "auto"], ranks=2, env=FAST_RETRIES)
+        resumed = run_train([*args, "--resume", "auto"], ranks=2, env=env)
         assert "resuming from" in resumed.stdout and "step-00000004" in resumed.stdout
         # One download per shard for both runs, two ranks and their workers: the cache served the rest.
         assert all(count == 1 for name, count in faults.requests.items() if name.endswith(".tar"))
@@ -85,12 +94,12 @@ def test_evaluation_from_a_url_and_from_a_hub_dataset_repo_equals_evaluation_fro
     with serve(synthetic_shards) as (url, faults):
         faults.cut_after[sorted(p.name for p in synthetic_shards.glob("val-*.tar"))[0]] = 5000
         assert evaluate(trained_run, url, tmp_path / "http") == on_disk
-    # The Hub's resolve URLs: hf://datasets/USER/REPO/PATH -> ENDPOINT/datasets/USER/REPO/resolve/main/PATH
-    with serve(synthetic_shards, prefix="/datasets/someone/wikiart-shards/resolve/main/shards") as (url, faults):
-        endpoint = url.split("/datasets/")[0]
-        hub = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
-        assert evaluate(trained_run, "hf://datasets/someone/wikiart-shards/shards", tmp_path / "hub", hub) == on_disk
-        assert faults.requests["manifest.json"] >= 1
+    with serve(synthetic_shards, prefix=HUB_PREFIX) as (url, faults):
+        hub = "hf://datasets/someone/wikiart-shards/shards"
+        assert evaluate(trained_run, hub, tmp_path / "hub", hub_env(url)) == on_disk
+        verify = subprocess.run([sys.executable, "-m", "wikiart.cli.build_shards", "--verify", hub], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300, env={**os.environ, **hub_env(url)})
+        assert verify.returncode == 0 and verify.stdout.strip().endswith(f"verify {hub}: OK"), verify.stderr
     for name in ("outliers_genre.csv", "outliers_joint.csv"):
         assert (tmp_path / "hub" / name).read_text() == (tmp_path / "disk" / name).read_text()
 
