@@ -243,6 +243,19 @@ def test_a_resumed_vit_run_with_layer_decay_and_ema_equals_the_uninterrupted_one
     assert run["data"]["interpolation"] == "bicubic" and run["optim"]["layer_decay"] == 0.75
 
 
+@pytest.mark.slow
+def test_a_vit_trains_in_bf16_autocast_with_channels_last_inputs(synthetic_shards, tmp_path):
+    """Two of the GPU fast paths, taken on the CPU for a timm ViT: bf16 autocast and channels_last
+    inputs; the weights stay finite and config.json records both. (--compile with a timm ViT was
+    run by hand, without falling back to eager: compiling on this CPU takes minutes.)"""
+    out = tmp_path / "fast"
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "1",
+               *TIMM_TINY, "--max-steps", "2", "--mixed-precision", "bf16", "--channels-last"])
+    run = json.loads((out / "config.json").read_text())
+    assert (run["train"]["mixed_precision"], run["model"]["channels_last"]) == ("bf16", True)
+    assert all(torch.isfinite(t.float()).all() for t in final_weights(out).values())
+
+
 def test_model_card_names_the_timm_backbone_its_weights_and_resize_filter():
     from wikiart.hub.card import build_card
     model = tiny("timm/test_vit", 32, pretrained_weights="hf-hub:timm/test_vit.r160_in1k")
