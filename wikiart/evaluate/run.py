@@ -13,7 +13,6 @@ the manifest is refused before anything is written.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from ..model.load import LoadedModel, check_class_names, eval_data_config, load_
 from .outlier_report import compute_joint_outliers, compute_outliers, write_outlier_files
 from ..hub.repo import check_repo_id, check_token, push_eval_card
 from ..data.census import census
+from ..formats import files
 from ..formats.labels import BASE_TASKS
 from ..formats.manifest import Manifest, ManifestError, load_manifest
 from .metrics import evaluation_metrics
@@ -143,11 +143,9 @@ REPORT_NAMES = tuple(name.format(task) for task in BASE_TASKS for name in (
 
 def check_out_dir(out_dir: Path) -> None:
     """--out must be a directory we can write, or not exist yet (it is created at the end)."""
-    existing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir}: exists and is not a directory")
-    if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-        raise ConfigError(f"--out {out_dir}: {existing} is not a writable directory")
+    problem = files.writable_directory_problem(out_dir)
+    if problem:
+        raise ConfigError(f"--out {out_dir}: {problem}")
 
 
 def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: dict[str, Any],
