@@ -58,7 +58,8 @@ def panels(crop: np.ndarray, expl: Explanation, i: int, tasks: Sequence[str],
     painting = Image.fromarray(np.ascontiguousarray(crop)).convert("RGB").resize((size, size), Image.BILINEAR)
     attention = (heat_overlay(crop, expl.attention[i].numpy(), size) if expl.attention is not None
                  else placeholder(NO_ATTENTION, size))
-    out = [("painting (model's crop)", painting), ("attention (all heads)", attention)]
+    grid = "x".join(str(n) for n in expl.gradcam[next(iter(expl.gradcam))].shape[1:])  # the map's cells
+    out = [("painting (model's crop)", painting), (f"attention ({grid} grid, all heads)", attention)]
     return out + [(f"Grad-CAM {t}", heat_overlay(crop, expl.gradcam[t][i].numpy(), size)) for t in tasks]
 
 

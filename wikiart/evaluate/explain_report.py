@@ -62,9 +62,15 @@ def confident_mistakes(out: EvalOutputs, class_names: Mapping[str, Sequence[str]
         order = sorted(wrong, key=lambda i: (-confidence[i], out.keys[i]))[:n]
         names = class_names[task]
         rows[task] = [{"rank": r + 1, "key": out.keys[i], "true": names[int(labels[i])],
-                       "predicted": names[int(predicted[i])], "confidence": float(confidence[i]), "mismatch": True}
+                       "predicted": names[int(predicted[i])], "confidence": float(confidence[i]),
+                       "true_probability": float(probs[i, labels[i]]), "mismatch": True}
                       for r, i in enumerate(order)]
     return rows
+
+
+def mistake_caption(row: Mapping[str, Any]) -> list[str]:
+    return [f"#{row['rank']} {row['key']}", f"true: {row['true']} ({row['true_probability']:.2f})",
+            f"pred: {row['predicted']} ({row['confidence']:.2f})"]
 
 
 def outlier_keys(tables: Mapping[str, OutlierTable], joint: JointOutlierTable | None, top: int) -> set[str]:
@@ -101,6 +107,7 @@ def write_worst_sheets(out_dir: Path, rows: Mapping[str, list[dict]], explained:
         plot_contact_sheet(out_dir / f"explain_worst_{task}.png", task_rows, {},
                            f"{task}: the {len(task_rows)} most confident mistakes on {split} "
                            f"(painting | attention | Grad-CAM of the prediction)",
+                           caption=mistake_caption,
                            strips=strips({r["key"]: explained[r["key"]] for r in task_rows}, [task]))
     return {task: [r["key"] for r in task_rows] for task, task_rows in rows.items()}
 
@@ -109,11 +116,16 @@ def gallery_keys(out: EvalOutputs, n: int) -> list[str]:
     return sorted(out.keys)[:n]
 
 
+def gallery_name(key: str) -> str:
+    """The repo path of a painting's gallery picture (a key is made safe as a file name)."""
+    return f"{GALLERY_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.png"
+
+
 def render_gallery(keys: Sequence[str], explained: Mapping[str, Explained],
                    class_names: Mapping[str, Sequence[str]]) -> dict[str, bytes]:
     """gallery/<key>.png -> PNG bytes of each painting's full picture (panels and top classes)."""
-    return {f"{GALLERY_DIR}/{re.sub(r'[^\w.-]', '_', key)}.png": render_explanation(explained[key].crop, explained[key].expl,
-                                                           explained[key].index, class_names, title=key)
+    return {gallery_name(key): render_explanation(explained[key].crop, explained[key].expl, explained[key].index,
+                                                  class_names, title=key)
             for key in keys}
 
 

@@ -113,7 +113,8 @@ def write_outlier_files(out_dir: Path, manifest: Manifest, split: str, tables: M
     for task, task_rows in rows.items():
         write_outliers_csv(out_dir / f"outliers_{task}.csv", task_rows, sources)
         plot_contact_sheet(out_dir / f"outliers_{task}.png", task_rows[:top], images,
-                           f"{task}: the {min(top, len(task_rows))} most suspicious {split} paintings",
+                           f"{task}: the {min(top, len(task_rows))} most suspicious {split} paintings"
+                           + (" (painting | attention | Grad-CAM of the prediction)" if explained else ""),
                            strips=strips(explained, [task]) if explained else None)
         summary["tasks"][task] = {"scored": len(task_rows), "mismatches": int(tables[task].mismatch.sum()),
                                   "top": [r["key"] for r in task_rows[:top]]}
@@ -122,7 +123,8 @@ def write_outlier_files(out_dir: Path, manifest: Manifest, split: str, tables: M
         columns = ["rank", "key", "source", *names[2:]]
         write_outliers_csv(out_dir / "outliers_joint.csv", joint_rows, sources, columns)
         plot_contact_sheet(out_dir / "outliers_joint.png", joint_rows[:top], images,
-                           f"all heads: the {min(top, len(joint_rows))} most suspicious {split} paintings",
+                           f"all heads: the {min(top, len(joint_rows))} most suspicious {split} paintings"
+                           + (f" (painting | attention | Grad-CAM of {', '.join(joint.labels)})" if explained else ""),
                            caption=joint_caption, strips=strips(explained, list(joint.labels)) if explained else None)
         every_head_wrong = int((joint.mismatch_count == len(joint.labels)).sum())
         summary["joint"] = {"scored": len(joint_rows), "every_head_wrong": every_head_wrong,
