@@ -34,7 +34,8 @@ def test_attention_is_the_pooling_weights_on_the_feature_grid(backbone, size):
     expl = explain(model, images)
     assert expl.attention.shape == (3, *grid) and grid[0] > 1  # the backbone's own grid, not 1 x 1
     assert (expl.attention >= 0).all() and (expl.row_weights >= 0).all() and (expl.col_weights >= 0).all()
-    assert torch.allclose(expl.row_weights.sum(1), torch.ones(3)) and torch.allclose(expl.col_weights.sum(1), torch.ones(3))
+    assert torch.allclose(expl.row_weights.sum(1), torch.ones(3))
+    assert torch.allclose(expl.col_weights.sum(1), torch.ones(3))
     # rows of the map sum to the row attention, columns to the column attention: nothing else mixed in
     assert torch.allclose(expl.attention.sum(2), expl.row_weights, atol=1e-6)
     assert torch.allclose(expl.attention.sum(1), expl.col_weights, atol=1e-6)

@@ -99,7 +99,8 @@ def read_sources_and_images(paths: Iterable[str], wanted: set[str]) -> tuple[dic
 
 def write_outlier_files(out_dir: Path, manifest: Manifest, split: str, tables: Mapping[str, OutlierTable],
                         class_names: Mapping[str, list[str]], top: int,
-                        joint: JointOutlierTable | None = None, explained: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                        joint: JointOutlierTable | None = None,
+                        explained: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """outliers_<task>.csv (all labelled paintings, most suspicious first) and outliers_<task>.png;
     with `joint`, outliers_joint.csv (the paintings labelled for every head) and outliers_joint.png.
     With `explained` (--explain-outliers: key -> explain_report.Explained) the sheets show, beside

@@ -118,7 +118,8 @@ def predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[dict[str, st
         chunk = good[start:start + cfg.batch_size]
         batch = torch.stack([t for _, t in chunk]).permute(0, 3, 1, 2)
         if not cfg.explain:
-            results += [{"image": path, "predictions": p} for (path, _), p in zip(chunk, top_k(loaded, batch, cfg.top_k))]
+            preds = top_k(loaded, batch, cfg.top_k)
+            results += [{"image": path, "predictions": p} for (path, _), p in zip(chunk, preds)]
             continue
         preds, expl = explained_top_k(loaded, batch, cfg.top_k)
         for i, ((path, crop), p) in enumerate(zip(chunk, preds)):

@@ -201,7 +201,8 @@ def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: d
             out_dir, manifest, cfg.split, tables, class_names, cfg.outlier_top, joint,
             pictures.explained if pictures.on_outliers else None)}
     if pictures.worst:
-        summary["explain_worst"] = explain_report.write_worst_sheets(out_dir, pictures.worst, pictures.explained, cfg.split)
+        summary["explain_worst"] = explain_report.write_worst_sheets(out_dir, pictures.worst, pictures.explained,
+                                                                     cfg.split)
     explain_report.write_gallery(out_dir, pictures.gallery)
     if pictures.gallery:
         summary["gallery"] = sorted(pictures.gallery)
