@@ -1,10 +1,11 @@
 """`wikiart-predict`: classify image files with a trained checkpoint (wikiart.evaluate.predict).
 
-    wikiart-predict --checkpoint runs/genre IMAGE [IMAGE ...] [--json] [--top-k 5]
+    wikiart-predict --checkpoint runs/genre IMAGE [IMAGE ...] [--json] [--top-k 5] [--explain DIR]
     python -m wikiart.cli.predict --checkpoint user/wikiart-combined painting.webp
 
 Prints the top-k classes with probabilities for every head, as tables or (--json) one JSON
-document. An unreadable file is reported by name on stderr, the others are still classified.
+document. With --explain DIR, one PNG per image of where the model looked (attention and Grad-CAM
+overlays) goes into DIR, and the JSON names it per image ("explain"). An unreadable file is reported by name on stderr, the others are still classified.
 Exit codes: 0 every image classified, 1 an unreadable image or a clear error, 2 bad command line.
 """
 
@@ -44,7 +45,10 @@ def run(cfg: PredictConfig) -> int:
     if cfg.json:
         print(json.dumps({"predictions": results, "errors": failures}, indent=1), flush=True)
     else:
-        print_tables(Console(highlight=False), results)
+        console = Console(highlight=False)
+        print_tables(console, results)
+        if cfg.explain:
+            console.print(f"wrote {len(results)} maps of where the model looked to {cfg.explain}", soft_wrap=True)
     for failure in failures:
         print(f"{PROG}: error: {failure['image']}: {failure['error']}", file=sys.stderr, flush=True)
     return 1 if failures else 0

@@ -255,6 +255,12 @@ class EvalConfig:
                          "'eval' (the scored split)", choices=("train", "eval"))
     outlier_top: int = opt(24, "paintings on each outlier contact sheet", min=1)
     worst: int = opt(10, "worst classes listed per task", min=1)
+    explain_worst: int = opt(0, "ours: explain_worst_<task>.png, the N most confident mistakes per task with "
+                             "where the model looked (attention and Grad-CAM overlays)", min=0)
+    explain_outliers: bool = opt(False, "ours: the --outliers contact sheets show where the model looked "
+                                 "beside each painting")
+    card_gallery: int = opt(0, "ours: gallery/ in --out with N overlays of the split's first paintings (by key), "
+                            "added to the model card by --push-to-hub", min=0)
     push_to_hub: str | None = opt(None, "Hub repo id whose model card gets these metrics")
     hub_private: bool = opt(False, "create that Hub repo private if it does not exist")
 
@@ -266,6 +272,8 @@ class PredictConfig:
     json: bool = opt(False, "print JSON instead of tables")
     batch_size: int = opt(16, "images per forward pass", min=1)
     device: str = opt("auto", "torch device: auto (CUDA when available), cpu, cuda, cuda:N")
+    explain: str | None = opt(None, "ours: directory for one PNG per image of where the model looked "
+                              "(the painting, its attention map and each head's Grad-CAM overlaid)")
     images: list[str] = dataclasses.field(default_factory=list)  # positional, added by the parser
 
 

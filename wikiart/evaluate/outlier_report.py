@@ -26,6 +26,7 @@ from .outliers import (JointOutlierTable, OutlierTable, centroids_from_sums, cla
                        outlier_table)
 from .report import joint_caption, plot_contact_sheet, write_outliers_csv
 from ..formats.shard import iter_shard_samples
+from .explain_report import strips
 
 
 @torch.no_grad()
@@ -98,9 +99,12 @@ def read_sources_and_images(paths: Iterable[str], wanted: set[str]) -> tuple[dic
 
 def write_outlier_files(out_dir: Path, manifest: Manifest, split: str, tables: Mapping[str, OutlierTable],
                         class_names: Mapping[str, list[str]], top: int,
-                        joint: JointOutlierTable | None = None) -> dict[str, Any]:
+                        joint: JointOutlierTable | None = None,
+                        explained: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """outliers_<task>.csv (all labelled paintings, most suspicious first) and outliers_<task>.png;
     with `joint`, outliers_joint.csv (the paintings labelled for every head) and outliers_joint.png.
+    With `explained` (--explain-outliers: key -> explain_report.Explained) the sheets show, beside
+    each painting, the attention map and the Grad-CAM of the sheet's heads.
     Returns {"tasks": {task: summary}, "joint": summary (with `joint` only)} for metrics.json."""
     rows = {t: table.rows(class_names[t]) for t, table in tables.items()}
     joint_rows = joint.rows({t: class_names[t] for t in joint.labels}) if joint is not None else []
@@ -110,7 +114,9 @@ def write_outlier_files(out_dir: Path, manifest: Manifest, split: str, tables: M
     for task, task_rows in rows.items():
         write_outliers_csv(out_dir / f"outliers_{task}.csv", task_rows, sources)
         plot_contact_sheet(out_dir / f"outliers_{task}.png", task_rows[:top], images,
-                           f"{task}: the {min(top, len(task_rows))} most suspicious {split} paintings")
+                           f"{task}: the {min(top, len(task_rows))} most suspicious {split} paintings"
+                           + (" (painting | attention | Grad-CAM of the prediction)" if explained else ""),
+                           strips=strips(explained, [task]) if explained else None)
         summary["tasks"][task] = {"scored": len(task_rows), "mismatches": int(tables[task].mismatch.sum()),
                                   "top": [r["key"] for r in task_rows[:top]]}
     if joint is not None:
@@ -118,8 +124,9 @@ def write_outlier_files(out_dir: Path, manifest: Manifest, split: str, tables: M
         columns = ["rank", "key", "source", *names[2:]]
         write_outliers_csv(out_dir / "outliers_joint.csv", joint_rows, sources, columns)
         plot_contact_sheet(out_dir / "outliers_joint.png", joint_rows[:top], images,
-                           f"all heads: the {min(top, len(joint_rows))} most suspicious {split} paintings",
-                           caption=joint_caption)
+                           f"all heads: the {min(top, len(joint_rows))} most suspicious {split} paintings"
+                           + (f" (painting | attention | Grad-CAM of {', '.join(joint.labels)})" if explained else ""),
+                           caption=joint_caption, strips=strips(explained, list(joint.labels)) if explained else None)
         every_head_wrong = int((joint.mismatch_count == len(joint.labels)).sum())
         summary["joint"] = {"scored": len(joint_rows), "every_head_wrong": every_head_wrong,
                             "top": [r["key"] for r in joint_rows[:top]]}

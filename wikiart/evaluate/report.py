@@ -126,34 +126,49 @@ def joint_caption(row: Mapping[str, Any]) -> list[str]:
 
 def plot_contact_sheet(path: Path, rows: Sequence[Mapping[str, Any]], images: Mapping[str, bytes],
                        title: str, columns: int = 6,
-                       caption: Callable[[Mapping[str, Any]], list[str]] = _caption) -> None:
+                       caption: Callable[[Mapping[str, Any]], list[str]] = _caption,
+                       strips: Mapping[str, Any] | None = None) -> None:
     """The top-ranked paintings with true/predicted class and scores; mismatches captioned in red.
+    `strips` (key -> a PIL image TILE high: painting | attention | Grad-CAM, from
+    wikiart.evaluate.explain_report) replace the thumbnails; their cells are as wide as they are.
 
     Drawn with Pillow (a grid of thumbnails): a matplotlib figure of 24 images takes seconds.
     """
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=12)
-    cols = max(1, min(columns, len(rows)))
+    box_w = max([TILE, *(s.width for s in (strips or {}).values())])
+    cols = max(1, min(columns if box_w == TILE else max(1, columns * TILE // box_w), len(rows)))
     lines = max(1, math.ceil(len(rows) / cols))
     caption_lines = max([CAPTION_LINES, *(len(caption(row)) for row in rows)])
-    cell_w, cell_h = TILE + 16, TILE + 12 + caption_lines * LINE_HEIGHT
-    sheet = Image.new("RGB", (cols * cell_w, 36 + lines * cell_h), "white")
+    cell_w, cell_h = box_w + 16, TILE + 12 + caption_lines * LINE_HEIGHT
+    sheet = Image.new("RGB", (max(cols * cell_w, 480), 36 + lines * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((8, 10), title, fill="black", font=ImageFont.load_default(size=16))
     for i, row in enumerate(rows):
         x, y = (i % cols) * cell_w + 8, 36 + (i // cols) * cell_h
-        data = images.get(row["key"])
-        if data is not None:
-            with Image.open(io.BytesIO(data)) as img:
-                thumb = ImageOps.contain(img.convert("RGB"), (TILE, TILE))  # shrinks or enlarges
-            sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
-        else:
-            draw.rectangle((x, y, x + TILE - 1, y + TILE - 1), outline="grey")
+        _paste_tile(sheet, draw, (x, y), images.get(row["key"]), (strips or {}).get(row["key"]))
         colour = "crimson" if row.get("mismatch") or row.get("mismatch_count") else "black"
         for j, text in enumerate(caption(row)):
-            draw.text((x, y + TILE + 4 + j * LINE_HEIGHT), _clip(draw, text, font, TILE + 8), fill=colour, font=font)
-    sheet.save(path)
+            draw.text((x, y + TILE + 4 + j * LINE_HEIGHT), _clip(draw, text, font, box_w + 8), fill=colour, font=font)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    files.write_bytes(path, buffer.getvalue())
+
+
+def _paste_tile(sheet, draw, at: tuple[int, int], data: bytes | None, strip) -> None:
+    """A cell's picture: its strip, else the painting's thumbnail, else an empty frame."""
+    from PIL import Image, ImageOps
+
+    x, y = at
+    if strip is not None:
+        sheet.paste(strip, (x, y))
+    elif data is not None:
+        with Image.open(io.BytesIO(data)) as img:
+            thumb = ImageOps.contain(img.convert("RGB"), (TILE, TILE))  # shrinks or enlarges
+        sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
+    else:
+        draw.rectangle((x, y, x + TILE - 1, y + TILE - 1), outline="grey")
 
 
 def _clip(draw, text: str, font, width: int) -> str:

@@ -13,7 +13,7 @@ the manifest is refused before anything is written.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ from ..runtime.device import resolve_mixed_precision
 from .score import EvalOutputs, evaluate
 from ..runtime.accelerator import make_accelerator
 from ..model.load import LoadedModel, check_class_names, eval_data_config, load_model
-from .outlier_report import compute_joint_outliers, compute_outliers, write_outlier_files
+from . import explain_report
+from .outlier_report import compute_joint_outliers, compute_outliers, read_sources_and_images, write_outlier_files
 from ..hub.repo import check_repo_id, check_token, push_eval_card
 from ..data.census import census
+from ..formats import files
 from ..formats.labels import BASE_TASKS
 from ..formats.manifest import Manifest, ManifestError, load_manifest
 from .metrics import evaluation_metrics
@@ -76,6 +78,8 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
         check_repo_id(cfg.push_to_hub)
         check_token()
     check_out_dir(Path(cfg.out))  # before the scoring, not after it
+    if cfg.explain_outliers and not cfg.outliers:
+        raise ConfigError("--explain-outliers draws on the outlier contact sheets: add --outliers")
     accelerator = make_accelerator(resolve_mixed_precision(cfg.mixed_precision))
     if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
         raise ValueError(f"--mixed-precision fp16 needs a GPU: on {accelerator.device.type} Accelerate has no "
@@ -103,16 +107,44 @@ def run_evaluation(cfg: EvalConfig, console: Console | None = None) -> dict[str,
                                   out, class_names)
         joint = compute_joint_outliers(out, population)
     if main:  # the other ranks are done: nothing here can make them wait
-        write_outputs(Path(cfg.out), cfg, manifest, summary, tables, class_names, joint)
+        pictures = explain_pictures(cfg, loaded.model, manifest, data_cfg, out, tables, joint, accelerator.device)
+        write_outputs(Path(cfg.out), cfg, manifest, summary, tables, class_names, joint, pictures)
         print_summary(console, summary, cfg.split, cfg.worst)
         console.print(f"wrote {Path(cfg.out) / 'metrics.json'} and the reports beside it")
         if cfg.push_to_hub:
             url = push_eval_card(cfg.push_to_hub, card_metrics(summary), split=cfg.split, step=loaded.step,
                                  model_config=loaded.model.hub_config(), manifest=manifest,
-                                 private=cfg.hub_private)
+                                 private=cfg.hub_private, gallery=pictures.gallery)
             console.print(f"updated the model card of {cfg.push_to_hub}: {url}")
     accelerator.end_training()
     return summary
+
+
+@dataclasses.dataclass
+class Pictures:
+    """What --explain-worst, --explain-outliers and --card-gallery need (explain_report)."""
+    explained: dict[str, Any] = dataclasses.field(default_factory=dict)  # key -> Explained
+    on_outliers: bool = False  # the outlier contact sheets show the overlays
+    worst: dict[str, list[dict]] = dataclasses.field(default_factory=dict)  # task -> sheet rows
+    gallery: dict[str, bytes] = dataclasses.field(default_factory=dict)  # gallery/<key>.png -> PNG
+
+
+def explain_pictures(cfg: EvalConfig, model: torch.nn.Module, manifest: Manifest, data_cfg: DataConfig,
+                     out: EvalOutputs, tables: dict, joint: JointOutlierTable | None,
+                     device: torch.device) -> Pictures:
+    """The main process's maps of the paintings those flags show (none asked: nothing computed)."""
+    if not explain_report.wanted(cfg):
+        return Pictures()
+    class_names = model.class_names_dict()
+    worst = explain_report.confident_mistakes(out, class_names, cfg.explain_worst) if cfg.explain_worst else {}
+    gallery_keys = explain_report.gallery_keys(out, cfg.card_gallery)
+    keys = {r["key"] for rows in worst.values() for r in rows} | set(gallery_keys)
+    if cfg.explain_outliers and cfg.outliers:
+        keys |= explain_report.outlier_keys(tables, joint, cfg.outlier_top)
+    _, jpegs = read_sources_and_images(manifest.shard_sources(cfg.split), keys)
+    explained = explain_report.explain_paintings(model, jpegs, data_cfg, device)
+    return Pictures(explained=explained, on_outliers=cfg.explain_outliers and cfg.outliers, worst=worst,
+                    gallery=explain_report.render_gallery(gallery_keys, explained, class_names))
 
 
 def card_metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -138,22 +170,23 @@ def describe_run(cfg: EvalConfig, loaded: LoadedModel, data_cfg: DataConfig, man
 # first, so that --out never mixes reports of two models (or of tasks this one does not have).
 REPORT_NAMES = tuple(name.format(task) for task in BASE_TASKS for name in (
     "classification_report_{}.txt", "per_class_recall_{}.csv", "confusion_{}.png", "outliers_{}.csv",
-    "outliers_{}.png")) + ("outliers_joint.csv", "outliers_joint.png")
+    "outliers_{}.png", "explain_worst_{}.png")) + ("outliers_joint.csv", "outliers_joint.png")
 
 
 def check_out_dir(out_dir: Path) -> None:
     """--out must be a directory we can write, or not exist yet (it is created at the end)."""
-    existing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir}: exists and is not a directory")
-    if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-        raise ConfigError(f"--out {out_dir}: {existing} is not a writable directory")
+    problem = files.writable_directory_problem(out_dir)
+    if problem:
+        raise ConfigError(f"--out {out_dir}: {problem}")
 
 
 def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: dict[str, Any],
-                  tables: dict, class_names: dict[str, list[str]], joint: JointOutlierTable | None = None) -> None:
+                  tables: dict, class_names: dict[str, list[str]], joint: JointOutlierTable | None = None,
+                  pictures: Pictures | None = None) -> None:
     """metrics.json, classification_report_<task>.txt, per_class_recall_<task>.csv,
-    confusion_<task>.png (+ outliers_<task>.csv/png, + outliers_joint.csv/png for several heads)."""
+    confusion_<task>.png (+ outliers_<task>.csv/png, + outliers_joint.csv/png for several heads,
+    + explain_worst_<task>.png, gallery/)."""
+    pictures = pictures or Pictures()
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in REPORT_NAMES:
         (out_dir / name).unlink(missing_ok=True)
@@ -165,7 +198,14 @@ def write_outputs(out_dir: Path, cfg: EvalConfig, manifest: Manifest, summary: d
                        f"{task} on {cfg.split}: confusion normalised by row ({m['scored']} paintings)")
     if tables:
         summary["outliers"] = {"centroids": cfg.centroids, **write_outlier_files(
-            out_dir, manifest, cfg.split, tables, class_names, cfg.outlier_top, joint)}
+            out_dir, manifest, cfg.split, tables, class_names, cfg.outlier_top, joint,
+            pictures.explained if pictures.on_outliers else None)}
+    if pictures.worst:
+        summary["explain_worst"] = explain_report.write_worst_sheets(out_dir, pictures.worst, pictures.explained,
+                                                                     cfg.split)
+    explain_report.write_gallery(out_dir, pictures.gallery)
+    if pictures.gallery:
+        summary["gallery"] = sorted(pictures.gallery)
     metrics = {**summary, "tasks": {t: {k: v for k, v in m.items() if k != "report"}
                                     for t, m in summary["tasks"].items()}}
     write_json(out_dir / "metrics.json", metrics)

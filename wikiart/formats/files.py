@@ -1,6 +1,6 @@
 """Writing files and directories so that a crash leaves the old version or the new, never half.
 
-`write_text` / `write_json` write a temporary file beside the target, fsync it and rename it
+`write_text` / `write_json` / `write_bytes` write a temporary file beside the target, fsync it and rename it
 over the target (`os.replace` is atomic within one file system, which the temporary shares by
 living in the same directory). `replace_directory` does the same for a whole directory that
 was written under another name; `link_tree` stages a directory's files without copying them.
@@ -28,11 +28,16 @@ def temporary_name(path: Path) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically: readers see the old file or the new one."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (a PNG, ...): readers see the old file or the new one."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
@@ -40,6 +45,17 @@ def write_text(path: str | Path, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def writable_directory_problem(directory: Path) -> str | None:
+    """Why `directory` could not be created or written (None: it can): checked before any work,
+    so a bad output flag fails before anything is computed or written."""
+    existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
+    if directory.exists() and not directory.is_dir():
+        return "exists and is not a directory"
+    if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        return f"{existing} is not a writable directory"
+    return None
 
 
 def write_json(path: str | Path, data: Any, *, indent: int | None = 1, sort_keys: bool = False,

@@ -242,6 +242,34 @@ def write_card(folder: str | Path, repo_id: str, **context: Any) -> ModelCard:
     return card
 
 
+GALLERY_START = "<!-- wikiart:gallery:start -->"
+GALLERY_END = "<!-- wikiart:gallery:end -->"
+
+
+def gallery_markdown(names: list[str], split: str = "val") -> str:
+    """The "where the model looks" section for the PNGs `names` (paths in the repo)."""
+    lines = ["## Where the model looks", "",
+             f"The first {len(names)} `{split}` paintings (by key), as the model saw them (centre crop), with the "
+             "row × column attention of its RNN branch (shared by the heads) and each head's Grad-CAM of its "
+             "predicted class overlaid; below each, the top classes per head. Made with "
+             "`evaluate.py --card-gallery N --push-to-hub`; `wikiart-predict --explain DIR` does the same for "
+             "your own images.", ""]
+    return "\n".join(lines + [f"![{Path(n).stem}]({n})" for n in names])
+
+
+def update_card_gallery(card: ModelCard, names: list[str], split: str = "val") -> ModelCard:
+    """The same card with its gallery section (between GALLERY_START and GALLERY_END) replaced by
+    one showing `names`, appended when it has none."""
+    section = f"{GALLERY_START}\n{gallery_markdown(names, split)}\n{GALLERY_END}"
+    text = card.content
+    start, end = text.find(GALLERY_START), text.find(GALLERY_END)
+    if 0 <= start < end:
+        text = text[:start] + section + text[end + len(GALLERY_END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    return ModelCard(text)
+
+
 def update_card_metrics(card: ModelCard, metrics: Mapping[str, Any], split: str = "val",
                         step: int | None = None) -> ModelCard:
     """The same card with its metrics table and model-index replaced by `metrics`."""

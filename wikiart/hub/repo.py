@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard, get_token
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import validate_repo_id
 
-from .card import build_card, update_card_metrics
+from .card import build_card, update_card_gallery, update_card_metrics
 from .client import HubError, RetryPolicy, call_with_retries, commit_url, missing_on_hub, say
 
 API_FACTORY: Callable[[], Any] | None = None
@@ -70,8 +70,11 @@ def _fetch_card(api: Any, repo_id: str, policy: RetryPolicy, tmp: Path) -> tuple
 
 def push_eval_card(repo_id: str, metrics: dict[str, Any], *, split: str = "val", step: int | None = None,
                    model_config: dict[str, Any] | None = None, manifest: Any = None, private: bool = False,
-                   api: Any = None, policy: RetryPolicy | None = None) -> str:
+                   api: Any = None, policy: RetryPolicy | None = None,
+                   gallery: dict[str, bytes] | None = None) -> str:
     """Write `metrics` into the card of `repo_id` (creating card or repo if missing); the commit URL.
+    `gallery` (repo path -> PNG bytes, evaluate.py --card-gallery) goes up in the same commit and
+    the card shows it.
 
     Synchronous, retried; raises HubConfigError (bad id, no token) or HubError (Hub failed).
     `model_config` (the model's config.json) and `manifest` describe a card built from scratch.
@@ -87,12 +90,21 @@ def push_eval_card(repo_id: str, metrics: dict[str, Any], *, split: str = "val",
         card = build_card(repo_id, model_config or {}, manifest=manifest, metrics=metrics, split=split, step=step)
     else:
         card = update_card_metrics(card, metrics, split, step)
+    if gallery:
+        card = update_card_gallery(card, sorted(gallery), split)
+    message = f"wikiart: evaluation metrics ({split} split)" + (", gallery" if gallery else "")
 
     def upload() -> Any:
         if not exists:
             api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_file(path_or_fileobj=str(card).encode(), path_in_repo="README.md", repo_id=repo_id,
-                               commit_message=f"wikiart: evaluation metrics ({split} split)")
+        if not gallery:
+            return api.upload_file(path_or_fileobj=str(card).encode(), path_in_repo="README.md", repo_id=repo_id,
+                                   commit_message=message)
+        with tempfile.TemporaryDirectory() as folder:  # one commit: the card never names missing files
+            for name, data in {"README.md": str(card).encode(), **gallery}.items():
+                (Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
+                (Path(folder) / name).write_bytes(data)
+            return api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=message)
     info, _ = call_with_retries(upload, policy, f"card update of {repo_id}")
     url = commit_url(info)
     say(f"hub: updated the card of {repo_id}: {url}")

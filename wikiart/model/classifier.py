@@ -44,9 +44,14 @@ class AttentionPool(nn.Module):
                       else nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (B, D), the softmax weights (B, L) that pooled it): the weights are computed
+        anyway, so returning them costs nothing (wikiart.model.explain maps them)."""
         # softmax in fp32: under fp16 autocast long sequences of similar scores underflow
         weights = self.score(x).float().softmax(dim=1).to(x.dtype)
-        return (weights * x).sum(dim=1)
+        return (weights * x).sum(dim=1), weights.squeeze(2)
 
 
 def _check_heads(num_classes: Mapping[str, int] | None,
@@ -167,17 +172,22 @@ class CNNRNNClassifier(nn.Module, PyTorchModelHubMixin, library_name="wikiart",
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Fused features (B, embed_dim): GAP, then row and column summaries when use_rnn."""
-        fmap = self.backbone(x)
+        return self.fuse(self.backbone(x))[0]
+
+    def fuse(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(fused features, row attention (B, H), column attention (B, W)) of the backbone's map
+        (B, C, H, W); the weights are None without the RNN branch (GAP alone has no attention)."""
         pooled = fmap.mean(dim=(2, 3))
         if not self.use_rnn:
-            return pooled
+            return pooled, None, None
         proj = self.proj(fmap)
         b, c, h, w = proj.shape
         rows = proj.permute(0, 2, 3, 1).reshape(b * h, w, c)  # row i: a sequence over its W columns
         cols = proj.permute(0, 3, 2, 1).reshape(b * w, h, c)  # column j: a sequence over its H rows
-        row_vec = self.row_pool(self.row_rnn(rows)[0].mean(dim=1).view(b, h, -1))
-        col_vec = self.col_pool(self.col_rnn(cols)[0].mean(dim=1).view(b, w, -1))
-        return torch.cat([pooled, row_vec.to(pooled.dtype), col_vec.to(pooled.dtype)], dim=1)
+        row_vec, row_weights = self.row_pool.attend(self.row_rnn(rows)[0].mean(dim=1).view(b, h, -1))
+        col_vec, col_weights = self.col_pool.attend(self.col_rnn(cols)[0].mean(dim=1).view(b, w, -1))
+        features = torch.cat([pooled, row_vec.to(pooled.dtype), col_vec.to(pooled.dtype)], dim=1)
+        return features, row_weights, col_weights
 
     def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Heads on features from `embed`: {task: logits (B, C_task)}."""
