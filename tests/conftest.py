@@ -45,16 +45,25 @@ def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run directory of a tiny `combined` model (3 heads) trained 20 steps by train.py on
-    `synthetic_shards`: checkpoints/step-00000020/ and best/ hold the same weights. ~20 s."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--shards", str(synthetic_shards), "--out", str(out),
-           "--task", "combined", "--epochs", "1", "--max-steps", "20", "--workers", "1",
-           "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
-           "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
-           "--balance", "none", "--no-pretrained"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    `synthetic_shards`: checkpoints/step-00000020/ and best/ hold the same weights. ~20 s.
+    Trained once per `pytest -n` run, not once per worker: the first worker to ask trains it
+    under a file lock in the directory the workers share; the tests only read it (the
+    synthetic shards every worker builds are identical: same seed)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") \
+        else tmp_path_factory.getbasetemp()
+    out = shared / "trained" / "run"
+    with FileLock(str(shared / "trained.lock")):
+        if not (out / "best" / "model.safetensors").is_file():
+            cmd = [sys.executable, str(ROOT / "train.py"), "--shards", str(synthetic_shards), "--out", str(out),
+                   "--task", "combined", "--epochs", "1", "--max-steps", "20", "--workers", "1",
+                   "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
+                   "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
+                   "--balance", "none", "--no-pretrained"]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 
 

@@ -48,6 +48,9 @@ COMMON = ["--task", "genre", "--max-steps", str(STEPS), "--save-every", str(SAVE
 RESUMING = re.compile(r"resuming from (\S+) at step (\d+)")
 
 
+# ---------------------------------------------------------------------------------------------
+# Helpers: a job whose every process is tagged, so the test can signal and reap them all
+# ---------------------------------------------------------------------------------------------
 TAG_ENV = "WIKIART_FAULTS_JOB"  # marks every process of a job: torchrun puts ranks in new sessions
 
 

@@ -47,8 +47,8 @@ def test_nan_injected_into_a_batch_stops_at_that_step_and_best_keeps_the_last_fi
 @pytest.mark.faults
 @pytest.mark.parametrize("fused", ["0", "1"], ids=["adamw", "fused-adamw-as-on-cuda"])
 def test_fp16_loss_scaler_skips_the_step_of_a_nan_batch_and_training_goes_on(synthetic_shards, tmp_path, fused):
-    """fp16 autocast and torch's GradScaler on the CPU (tests/fp16_cpu_probe.py; Accelerate makes
-    neither here); tests/test_cuda.py runs the same check with Accelerate's own on a GPU. The
+    """fp16 autocast and torch's GradScaler on the CPU (tests/support/fp16_cpu_probe.py; Accelerate makes
+    neither here); tests/gpu/test_cuda.py runs the same check with Accelerate's own on a GPU. The
     fused AdamW of CUDA runs skips the step inside its kernel, unseen by Accelerate."""
     out = tmp_path / "fp16"
     proc = train_fp16_with_a_nan_batch(synthetic_shards, out, steps=6, nan_step=3,

@@ -1,7 +1,7 @@
 """What only a CUDA device can show: the fp16 loss scaler skipping a step with a NaN batch, the
 GPU defaults (bf16, channels_last, pinned batches) in a real run, and the device stage giving
 the same images on the GPU as on the CPU. Skipped where torch sees no CUDA device (CI); run on
-a GPU machine with `pytest tests/test_cuda.py`."""
+a GPU machine with `pytest tests/gpu` (`make gpu-check`)."""
 
 from __future__ import annotations
 

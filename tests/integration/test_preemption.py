@@ -43,12 +43,20 @@ def _start(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture(scope="module")
+def reference_run(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted 14-step run that every stopped-and-resumed run below must end equal to:
+    the same flags and seed each time, so it is trained once for the three ways of stopping."""
+    reference = tmp_path_factory.mktemp("preemption") / "reference"
+    run_train(["--shards", str(synthetic_shards), *LONG, "--max-steps", "14", "--out", str(reference)])
+    return reference
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGUSR1", "SIGTERM", "stop-file"])
-def test_stop_request_saves_exits_75_and_resumes_to_the_same_weights(how, synthetic_shards, tmp_path):
+def test_stop_request_saves_exits_75_and_resumes_to_the_same_weights(how, synthetic_shards, reference_run, tmp_path):
     common = ["--shards", str(synthetic_shards), *LONG, "--max-steps", "14"]
-    reference = tmp_path / "reference"
-    run_train([*common, "--out", str(reference)])
+    reference = reference_run
 
     out = tmp_path / "stopped"
     proc = _start([*common, "--out", str(out)])

@@ -30,7 +30,10 @@ from wikiart.formats.manifest import load_manifest
 
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "scancel", "squeue")
-RUN = ["--task", "genre", "--epochs", "1", "--seed", "3", "--log-every", "1", "--stop-check-every", "2", *TINY, "--workers", "1"]
+# The tiny model (tests/support/training.py), one loader worker per rank (as real runs have: SLURM
+# signals every process of a step, workers included), a log row and a stop check every step or two.
+RUN = ["--task", "genre", "--epochs", "1", "--seed", "3", "--log-every", "1", "--stop-check-every", "2", *TINY,
+       "--workers", "1"]
 BATCH, RANKS = 8, 2
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
@@ -202,8 +205,8 @@ def submit_training(slurm: Slurm, shards: Path, out: Path, *extra: str, nodes: i
 
 @pytest.fixture(scope="module")
 def two_node_run(slurm: Slurm, synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """One uninterrupted 2-node x 1-rank run. It goes through tests/support/ddp_weights_probe.py (setup_job
-    and fit, as train.py) so that each rank also saves the weights it ended with."""
+    """One uninterrupted 2-node x 1-rank run. It goes through tests/support/ddp_weights_probe.py
+    (setup_job and fit, as train.py) so that each rank also saves the weights it ended with."""
     out = tmp_path_factory.mktemp("two_node") / "run"
     run = submit_training(slurm, synthetic_shards, out,
                           env=slurm.env(WIKIART_TRAIN_SCRIPT="tests/support/ddp_weights_probe.py"))

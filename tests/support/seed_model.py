@@ -1,5 +1,5 @@
-"""The seed notebooks' model, as wikiart-import-seed reads its state dict (tests/unit/cli and
-tests/integration test_seed_import.py), and a class file as the notebooks wrote one."""
+"""The seed notebooks' model, as wikiart-import-seed reads its state dict (tests/unit/cli/test_seed_import.py
+and tests/integration/test_seed_import.py), and a class file as the notebooks wrote one."""
 
 from __future__ import annotations
 

@@ -68,8 +68,8 @@ def all_finite(tensors: dict[str, torch.Tensor]) -> bool:
 # fp16 with a NaN batch: on the CPU through support/fp16_cpu_probe.py (tests/faults), with
 # Accelerate's own scaler on a GPU (tests/gpu)
 # ----------------------------------------------------------------------------------------------
-def train_fp16_with_a_nan_batch(shards: Path, out: Path, steps: int, nan_step: int,
-                                script: Path = ROOT / "train.py", env: dict | None = None) -> subprocess.CompletedProcess:
+def train_fp16_with_a_nan_batch(shards: Path, out: Path, steps: int, nan_step: int, script: Path = ROOT / "train.py",
+                                env: dict | None = None) -> subprocess.CompletedProcess:
     """An fp16 run (EMA on, validation mid-run) whose `nan_step`-th batch holds a NaN image."""
     return run_train(["--shards", str(shards), "--out", str(out), "--task", "genre", "--max-steps", str(steps),
                       "--log-every", "1", "--eval-every", str(nan_step), "--ema-decay", "0.5", "--workers", "0",

@@ -1,5 +1,5 @@
 """CNNRNNClassifier: shapes, gradient flow, feature paths, hub round trip, local ImageNet weights
-(downloading them: tests/test_pretrained.py)."""
+(downloading them: tests/unit/model/test_pretrained.py)."""
 
 from __future__ import annotations
 

@@ -181,6 +181,9 @@ def test_stratified_split_is_deterministic_order_free_and_proportional():
     assert not all(split[i] for i in range(10))
 
 
+# ---------------------------------------------------------------------------------------------
+# Hugging Face datasets (local copies, offline)
+# ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_copies(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
