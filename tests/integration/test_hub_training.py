@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 
 from tests.support.hub import REPO, TOKEN, double_env, run_config
 from tests.support.hub_double import RecordingHfApi
-from tests.support.training import ROOT, TINY, metrics_rows
+from tests.support.training import ROOT, TINY, launch_command, metrics_rows
 from wikiart.train import hub_sync as hub
 
 
@@ -78,11 +78,9 @@ def test_a_better_best_is_pushed_with_the_checkpoint_of_its_step(tmp_path, doubl
 
 def launch(args: list[str], env: dict[str, str], ranks: int = 1) -> subprocess.CompletedProcess:
     """train.py in one process, or under `accelerate launch` with `ranks` CPU processes."""
-    cmd = [sys.executable, str(ROOT / "train.py")] if ranks == 1 else [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_processes", str(ranks),
-        "--main_process_port", str(29800 + os.getpid() % 150), str(ROOT / "train.py")]
-    return subprocess.run([*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # An OS-chosen free port: a port derived from the pid can meet another suite's job on a shared host.
+    return subprocess.run([*launch_command(ROOT / "train.py", ranks), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

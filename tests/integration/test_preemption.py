@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.support.training import ROOT, SUPPORT, TINY, final_weights, metrics_rows, run_train
+from tests.support.training import ROOT, SUPPORT, TINY, final_weights, launch_command, metrics_rows, run_train
 from wikiart.formats import checkpoint as ckpt
 from wikiart.data.loader import train_samples_for
 from wikiart.formats.manifest import load_manifest
@@ -98,9 +98,7 @@ def test_two_ranks_agree_on_the_stop_step_and_stay_identical_through_unfreezing(
             "--save-every", "12",
             "--log-every", "1", "--stop-check-every", "1", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port",
-              str(29700 + os.getpid() % 200), str(SUPPORT / "ddp_weights_probe.py")]
+    launch = launch_command(SUPPORT / "ddp_weights_probe.py", ranks=2)  # an OS-chosen free port
     proc = subprocess.Popen([*launch, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_train_rows(out, proc, rows=3)
