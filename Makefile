@@ -26,17 +26,15 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope
 
-# The fast inner loop (~45 s on 2 cores): the test files that run in-process, no train.py launch,
-# without their `slow` tests. `make test` still runs everything.
-UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,bad_images batch_buffers benchmarks checkpoint config data layers \
-	engine entry_points losses metrics mixing model optim recipe rundir security sources synthetic transforms))
+# The fast inner loop: tests/unit, the in-process tests of each stage package (no train.py,
+# no `accelerate launch`). `make test` still runs everything.
 test-unit: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope -m "not slow" $(UNIT_TESTS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope tests/unit
 
-# The fault suite alone: processes killed mid-step/-checkpoint/-push, dead and hung ranks,
-# corrupt shards, full disks, bad command lines (also part of `make test`).
+# The fault suite alone (tests/faults; also part of `make test`): processes killed mid-step/
+# -checkpoint/-push, dead and hung ranks, Hub outages, corrupt shards, full disks, bad input.
 faults: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope -m faults
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadscope tests/faults
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.run_all
@@ -45,9 +43,9 @@ bench: $(VENV)/.installed
 gpu-bench: $(VENV)/.installed
 	$(PY) -m benchmarks.gpu
 
-# On a GPU machine: what only CUDA shows (tests/test_cuda.py; skipped elsewhere), then gpu-bench.
+# On a GPU machine: what only CUDA shows (tests/gpu; skipped elsewhere), then gpu-bench.
 gpu-check: $(VENV)/.installed
-	$(PY) -m pytest -q -rs tests/test_cuda.py
+	$(PY) -m pytest -q -rs tests/gpu
 	$(PY) -m benchmarks.gpu
 
 clean:

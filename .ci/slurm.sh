@@ -34,4 +34,4 @@ fi
 make .venv
 # Under CI a missing SLURM is a failure, not a skip.
 export CI="${CI:-true}"
-exec "${SUDO[@]}" env "PATH=$PATH" "CI=$CI" .venv/bin/python -m pytest -q -m slurm -p no:cacheprovider "$@"
+exec "${SUDO[@]}" env "PATH=$PATH" "CI=$CI" .venv/bin/python -m pytest -q -m slurm -p no:cacheprovider tests/slurm "$@"

@@ -1,15 +1,32 @@
-"""Shared fixtures. `synthetic_shards`: a small synthetic shard set for loader/training tests."""
+"""Fixtures shared by every test directory (unit, integration, faults, slurm, gpu); the helpers
+they build on are in tests/support. Session-scoped: `synthetic_shards` (built in-process) and
+`trained_run` (one train.py run), each built once per test process."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.artgan import write_artgan
+from tests.support.hub import TOKEN
+from tests.support.training import ROOT
+
 # Tests never reach the network: `datasets` and the hub client stay offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+FAULTS_DIR = Path(__file__).resolve().parent / "faults"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything in tests/faults is the fault suite: `-m faults` and `make faults` select the same."""
+    for item in items:
+        if FAULTS_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.faults)
 
 
 @pytest.fixture(scope="session")
@@ -28,74 +45,66 @@ def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run directory of a tiny `combined` model (3 heads) trained 20 steps by train.py on
-    `synthetic_shards`: checkpoints/step-00000020/ and best/ hold the same weights. ~20 s."""
-    import subprocess
-    import sys
+    `synthetic_shards`: checkpoints/step-00000020/ and best/ hold the same weights. ~20 s.
+    Trained once per `pytest -n` run, not once per worker: the first worker to ask trains it
+    under a file lock in the directory the workers share; the tests only read it (the
+    synthetic shards every worker builds are identical: same seed)."""
+    from filelock import FileLock
 
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path_factory.mktemp("trained") / "run"
-    cmd = [sys.executable, str(root / "train.py"), "--shards", str(synthetic_shards), "--out", str(out),
-           "--task", "combined", "--epochs", "1", "--max-steps", "20", "--workers", "1",
-           "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
-           "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
-           "--balance", "none", "--no-pretrained"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") \
+        else tmp_path_factory.getbasetemp()
+    out = shared / "trained" / "run"
+    with FileLock(str(shared / "trained.lock")):
+        if not (out / "best" / "model.safetensors").is_file():
+            cmd = [sys.executable, str(ROOT / "train.py"), "--shards", str(synthetic_shards), "--out", str(out),
+                   "--task", "combined", "--epochs", "1", "--max-steps", "20", "--workers", "1",
+                   "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
+                   "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
+                   "--balance", "none", "--no-pretrained"]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# A small ArtGAN download in the real, quirky format (used by test_sources and test_shards)
-# ----------------------------------------------------------------------------------------------
-ARTGAN_IMAGES = {  # letter -> relative path
-    "A": "Impressionism/claude-monet_water-lilies.jpg",
-    "B": "Impressionism/claude-monet_haystacks.jpg",
-    "C": "Post_Impressionism/vincent-van-gogh_ears-of-wheat-1890(1).jpg",
-    "D": "Realism/ivan-shishkin_forest.jpg",
-    "E": "Baroque/rembrandt_night-watch.jpg",
-    "F": "Cubism/pablo-picasso_guitar,-glass.jpg",
-    "G": "Realism/ivan-shishkin_rye.jpg",
-    "H": "Impressionism/claude-monet_poplars.jpg",
-    "I": "Baroque/rembrandt_self-portrait.jpg",
-    "J": "Post_Impressionism/vincent-van-gogh_irises.jpg",
-}
-# (task, split) -> [(letter, label)]; labels index the built-in ArtGAN lists.
-ARTGAN_ROWS = {
-    ("artist", "train"): [("A", 4), ("C", 22), ("D", 10), ("F", 15), ("I", 20), ("J", 22)],
-    ("artist", "val"): [("B", 4), ("E", 20)],
-    ("genre", "train"): [("A", 4), ("B", 4), ("D", 4), ("F", 9), ("G", 4), ("I", 6), ("J", 9)],
-    ("genre", "val"): [("C", 4), ("E", 6), ("C", 4)],   # the real genre_val.csv repeats one path
-    ("style", "train"): [("A", 12), ("B", 12), ("C", 20), ("F", 7), ("G", 21), ("I", 4), ("J", 20)],
-    ("style", "val"): [("D", 21), ("E", 4), ("H", 12)],
-}
-ARTGAN_TRAIN, ARTGAN_VAL = set("AFGIJ"), set("BCDEH")   # B, C, D are val of one task, train of another
+@pytest.fixture(scope="session")
+def val_jpegs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """key -> a file holding that val painting's JPEG bytes exactly as stored in the shard."""
+    from wikiart.formats.manifest import load_manifest
+    from wikiart.formats.shard import iter_shard_samples
 
-
-def write_artgan(root: Path, rows: dict | None = None, image_size: tuple[int, int] = (40, 30)) -> tuple[Path, Path]:
-    """Write an image tree and split files as the ArtGAN download has them; returns (images, csvs)."""
-    import numpy as np
-    from PIL import Image
-
-    images, csvs = root / "wikiart", root / "csv"
-    csvs.mkdir(parents=True, exist_ok=True)
-    for i, (letter, rel) in enumerate(sorted(ARTGAN_IMAGES.items())):
-        path = images / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = np.full((image_size[1], image_size[0], 3), (i * 25, 255 - i * 25, 128), np.uint8)
-        Image.fromarray(pixels).save(path, "JPEG", quality=90)
-    for (task, split), entries in (ARTGAN_ROWS if rows is None else rows).items():
-        if task == "artist":  # no extension, header line, blank line, ",," separator
-            text = "(Path to image),, (Groundtruth class)\n\n" + "".join(
-                f"{ARTGAN_IMAGES[k]},,{label}\n" for k, label in entries)
-            (csvs / f"artist_{split}").write_text(text)
-        else:
-            text = "".join(f"{ARTGAN_IMAGES[k]},{label}\n" for k, label in entries)
-            (csvs / f"{task}_{split}.csv").write_text(text)
-    return images, csvs
+    out = tmp_path_factory.mktemp("predict_images")
+    manifest = load_manifest(synthetic_shards)
+    files = {}
+    for key, jpg, _ in iter_shard_samples(manifest.shard_paths("val")[:1]):
+        files[key] = out / f"{key}.jpg"
+        files[key].write_bytes(jpg)
+        if len(files) == 3:
+            return files
+    raise AssertionError("fewer than 3 val paintings")
 
 
 @pytest.fixture
 def artgan(tmp_path: Path) -> tuple[Path, Path]:
     """(images_root, csv_dir) of a 10-image ArtGAN download in the real quirky format."""
     return write_artgan(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Hub: a token in the environment, and HfApi replaced by the recording double
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return TOKEN
+
+
+@pytest.fixture
+def double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str):
+    """HfApi replaced in this process by a RecordingHfApi whose remote is under tmp_path."""
+    from tests.support.hub_double import RecordingHfApi
+    from wikiart.hub import repo as hub_repo
+
+    api = RecordingHfApi(tmp_path / "hub_double")
+    monkeypatch.setattr(hub_repo, "API_FACTORY", api)
+    return api

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throwaway SLURM cluster on this machine, for tests/test_slurm.py and for trying the slurm/
+# A throwaway SLURM cluster on this machine, for tests/slurm/test_slurm.py and for trying the slurm/
 # scripts by hand: munge with a generated key, slurmctld, and two slurmd processes acting as two
 # one-CPU nodes (n1, n2) on 127.0.0.1. All state lives under one directory; nothing in /etc.
 #

@@ -106,7 +106,7 @@ def _flag(name: str, value: Any) -> str:
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
         return flag if value else flag.replace("--", "--no-", 1)
-    return f"{flag} {value}"
+    return f"{flag} {'none' if value is None else value}"  # as the command line takes it
 
 
 def check_resume_recipe(cfg: RunConfig, saved: dict[str, Any] | None, where: str) -> None:
