@@ -81,12 +81,13 @@ class RecordingHfApi:
             assert self.block.wait(60), "test never released the upload"
         folder = Path(kwargs["folder_path"])
         files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+        present = sorted(files)  # the whole folder at the time of the call (a build may be going on)
         allow = kwargs.get("allow_patterns")  # as HfApi filters: fnmatch on the relative path
         allow = [allow] if isinstance(allow, str) else allow
         if allow is not None:
             files = {rel: p for rel, p in files.items() if any(fnmatch.fnmatch(rel, pat) for pat in allow)}
         readme = files["README.md"].read_text() if "README.md" in files else None
-        self._record("upload_folder", (), kwargs, files=sorted(files), readme=readme)
+        self._record("upload_folder", (), kwargs, files=sorted(files), readme=readme, present=present)
         if not self.remote(kwargs["repo_id"]).is_dir():
             raise http_error(404, "404 repo not found", hf_errors.RepositoryNotFoundError)
         for rel, path in files.items():

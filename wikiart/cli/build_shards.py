@@ -25,13 +25,19 @@ from ..prep.sources import SourceError
 from ..prep.write import verify_shards
 
 
-def build(cfg: BuildConfig) -> None:
-    """What the flags ask for before any verification: merge the parts, build, or nothing."""
+def build(cfg: BuildConfig, uploader=None) -> None:
+    """What the flags ask for before any verification: merge the parts, build, or nothing; with
+    --push-to-hub, `uploader` (hub.dataset.ShardUploader) sends shards while the build goes on."""
     if cfg.merge_manifests:
         merge_manifests(cfg.out or ".")
         print(f"merged the part manifests into {Path(cfg.out or '.') / MANIFEST_NAME}")
     elif cfg.verify and cfg.verify != VERIFY_OUT and not cfg.out:
         pass  # verify only
+    elif uploader is not None:
+        try:
+            build_shards(cfg, on_shard=uploader.add)
+        finally:
+            uploader.close()  # a failed build stops the background uploads too
     else:
         build_shards(cfg)
 
@@ -46,12 +52,16 @@ def verify(cfg: BuildConfig) -> int:
     return 1 if problems else 0
 
 
-def push(cfg: BuildConfig) -> int:
-    """--push-to-hub: the finished build in --out (or the --verify DIR) as a dataset repo."""
+def push(cfg: BuildConfig, uploader=None) -> int:
+    """--push-to-hub: the finished build in --out (or the --verify DIR) as a dataset repo; what the
+    background `uploader` already sent during the build is not sent again."""
     from ..hub.client import HubError
     from ..hub.dataset import push_shards
     try:
-        push_shards(cfg.out or cfg.verify, cfg.push_to_hub, private=cfg.hub_private)
+        if uploader is not None:
+            uploader.finish()
+        else:
+            push_shards(cfg.out or cfg.verify, cfg.push_to_hub, private=cfg.hub_private)
     except HubError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -66,6 +76,8 @@ def check_push(cfg: BuildConfig) -> None:
     target = cfg.out or (cfg.verify if cfg.verify != VERIFY_OUT else None)
     if not target or is_remote(target):
         raise BuildError("--push-to-hub uploads a local build: give its directory as --out (or --verify DIR)")
+    if cfg.num_parts > 1 and not cfg.merge_manifests:
+        raise BuildError("--push-to-hub with --num-parts: push once, with --merge-manifests after every part is built")
     check_repo_id(cfg.push_to_hub)
     check_token()
 
@@ -73,14 +85,25 @@ def check_push(cfg: BuildConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (`wikiart-build-shards`, `python -m wikiart.cli.build_shards`)."""
     cfg = parse_build_config(argv)
+    uploader = None
     try:
         check_push(cfg)
-        build(cfg)
+        uploader = background_uploader(cfg)
+        build(cfg, uploader)
     except (SourceError, BuildError, ManifestError, ValueError, RuntimeError) as exc:  # HubConfigError: ValueError
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     status = verify(cfg) if cfg.verify else 0
-    return push(cfg) if status == 0 and cfg.push_to_hub else status
+    return push(cfg, uploader) if status == 0 and cfg.push_to_hub else status
+
+
+def background_uploader(cfg: BuildConfig):
+    """A ShardUploader when this command builds shards and pushes them (None otherwise)."""
+    building = not cfg.merge_manifests and not (cfg.verify and cfg.verify != VERIFY_OUT and not cfg.out)
+    if cfg.push_to_hub is None or not building:
+        return None
+    from ..hub.dataset import ShardUploader
+    return ShardUploader(cfg.out, cfg.push_to_hub, private=cfg.hub_private)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,24 @@ the manifest's sha256 (its LFS pointer) are not sent again, the rest go in commi
 `BATCH_FILES` files / `BATCH_BYTES`, each retried with the model pusher's policy
 (`hub.client.call_with_retries`), and the manifest and card come last, in their own commit, so a
 reader never sees a manifest that lists shards the repo does not hold yet.
+
+During a build, `ShardUploader` sends each shard as soon as it is complete on disk, from a
+background thread, as the model pusher sends checkpoints while training goes on; the build never
+waits for it. At the end `finish` waits for that thread, then `push_shards` sends whatever is
+still missing (a batch that failed in the background included) and the manifest and card.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from ..formats.manifest import MANIFEST_NAME, Manifest, load_manifest
-from .client import RetryPolicy, call_with_retries, commit_url, say
+from .client import HubError, RetryPolicy, call_with_retries, commit_url, say
 from .repo import make_api
 
 CARD_NAME = "README.md"
@@ -117,3 +124,70 @@ def _upload(api: Any, directory: Path, repo_id: str, names: list[str], what: str
                                   allow_patterns=names, commit_message=f"wikiart-build-shards: {what}"),
         policy, f"upload {what} to {repo_id}", echo)
     return info
+
+
+class ShardUploader:
+    """Uploads finished shards from a background thread while the build goes on."""
+
+    def __init__(self, directory: str | Path, repo_id: str, *, private: bool = False,
+                 policy: RetryPolicy = RetryPolicy(), echo: Callable[[str], None] = say):
+        self.directory, self.repo_id, self.private = Path(directory), repo_id, private
+        self.policy, self.echo = policy, echo
+        self.queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="wikiart-shard-push", daemon=True)
+        self.error: HubError | None = None  # the first background failure; finish() retries its shards
+
+    def add(self, result: Any) -> None:
+        """A shard is complete on disk (a prep.write.ShardResult): queue it for upload."""
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
+        self.queue.put((result.name, result.sha256))
+
+    def close(self) -> None:
+        """Stop the thread once the queued shards are sent (or the build failed)."""
+        if self.thread.ident is not None:
+            self.queue.put(None)
+            self.thread.join()
+
+    def finish(self) -> str:
+        """Wait for the background uploads, then push what is missing, the manifest and the card."""
+        self.close()
+        if self.error is not None:
+            self.echo(f"hub: background upload stopped ({self.error}); sending the rest now")
+        return push_shards(self.directory, self.repo_id, private=self.private, policy=self.policy, echo=self.echo)
+
+    def _run(self) -> None:
+        api = make_api()
+        try:
+            call_with_retries(lambda: api.create_repo(self.repo_id, repo_type="dataset", private=self.private,
+                                                      exist_ok=True), self.policy, f"create dataset repo {self.repo_id}",
+                              self.echo)
+            there, _ = call_with_retries(lambda: remote_lfs_files(api, self.repo_id), self.policy,
+                                         f"list {self.repo_id}", self.echo)
+        except HubError as exc:
+            self.error, there = exc, None
+        while (batch := self._next_batch()) is not None:
+            todo = [name for name, sha in batch if there is not None and there.get(name) != sha]
+            if not todo or self.error is not None:
+                continue  # already there, or the background gave up: finish() sends the rest
+            try:
+                _upload(api, self.directory, self.repo_id, todo, f"{len(todo)} shard(s)", self.policy, self.echo)
+            except HubError as exc:
+                self.error = exc
+
+    def _next_batch(self) -> list[tuple[str, str]] | None:
+        """The next shards to send (waiting for one, then taking what else is queued); None: done."""
+        first = self.queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < BATCH_FILES:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self.queue.put(None)  # seen again by the next call: the thread ends after this batch
+                break
+            batch.append(item)
+        return batch

@@ -169,10 +169,12 @@ def fingerprint(params: dict[str, Any], classes: dict[str, list[str]], kind: str
 # ----------------------------------------------------------------------------------------------
 # Building
 # ----------------------------------------------------------------------------------------------
-def build_shards(cfg: BuildConfig) -> Manifest | None:
+def build_shards(cfg: BuildConfig, on_shard: Callable[[Any], None] = lambda result: None) -> Manifest | None:
     """Build (this part of) the shards; returns the Manifest, or None for one part of several.
 
-    Source and plan are checked before --out is touched, so bad input writes nothing.
+    Source and plan are checked before --out is touched, so bad input writes nothing. `on_shard`
+    hears of every shard of this part that is complete on disk: reused ones first, then each
+    new one as it is finished (a ShardResult: name, samples, bytes, sha256).
     """
     _check_config(cfg)
     source = open_source(cfg)
@@ -189,13 +191,15 @@ def build_shards(cfg: BuildConfig) -> Manifest | None:
     todo = [p for p in mine if p.name not in done]
     for plan in mine:   # leftovers of a crashed run (other parts' shards are not ours to touch)
         (out / (plan.name + ".tmp")).unlink(missing_ok=True)
+    for result in done.values():
+        on_shard(result)
     counter = Throughput()
     workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
     encode = EncodeParams(cfg.short_side, resolved_max_side(cfg), cfg.jpeg_quality)
     with worker_pool(workers if todo else 0) as pool, \
             _progress(cfg.progress, sum(len(p.records) for p in todo), counter) as on_result:
         written = write_shards(source, todo, source.classes, out, encode, pool, fp, on_result,
-                               in_flight=4 * max(workers, 1))
+                               in_flight=4 * max(workers, 1), on_shard=on_shard)
     reused = len(done)
     done.update((r.name, r) for r in written)
     results = [done[p.name] for p in mine]

@@ -180,13 +180,15 @@ def worker_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor | None]:
 
 def write_shards(source: Source, plans: Sequence[ShardPlan], classes: dict[str, list[str]], out: Path,
                  params: EncodeParams, pool: cf.ProcessPoolExecutor | None, fingerprint: str,
-                 on_result: Callable[[bool], None] = lambda ok: None, in_flight: int = 8) -> list[ShardResult]:
-    """Encode and write the planned shards, with at most `in_flight` images in memory."""
+                 on_result: Callable[[bool], None] = lambda ok: None, in_flight: int = 8,
+                 on_shard: Callable[[ShardResult], None] = lambda result: None) -> list[ShardResult]:
+    """Encode and write the planned shards, with at most `in_flight` images in memory; `on_shard`
+    hears of each shard once it is complete on disk (the Hub push uploads it meanwhile)."""
     if source.sequential:   # a stream is read once, in source order, into all its open shards
         feed = sorted((r for p in plans for r in p.records), key=lambda r: r.pos)
     else:
         feed = [r for p in plans for r in p.records]
-    sink = _Sink(plans, classes, out, fingerprint, on_result)
+    sink = _Sink(plans, classes, out, fingerprint, on_result, on_shard)
     window: collections.deque = collections.deque()
     try:
         for rec in source.iter_images(feed):
@@ -207,9 +209,10 @@ class _Sink:
     """Routes encoded images to their shard writers in feed order; finishes full shards."""
 
     def __init__(self, plans: Sequence[ShardPlan], classes: dict[str, list[str]], out: Path, fingerprint: str,
-                 on_result: Callable[[bool], None]):
+                 on_result: Callable[[bool], None], on_shard: Callable[[ShardResult], None]):
         self.owner = {rec.key: plan for plan in plans for rec in plan.records}
         self.classes, self.out, self.fingerprint, self.on_result = classes, out, fingerprint, on_result
+        self.on_shard = on_shard
         self.writers: dict[str, ShardWriter] = {}
         self.results: dict[str, ShardResult] = {}
 
@@ -227,6 +230,7 @@ class _Sink:
         writer.remaining -= 1
         if writer.remaining == 0:
             self.results[plan.name] = self.writers.pop(plan.name).finish(self.out / STATE_DIR, self.fingerprint)
+            self.on_shard(self.results[plan.name])
 
     def abort(self) -> None:
         for writer in self.writers.values():

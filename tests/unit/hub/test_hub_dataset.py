@@ -97,3 +97,17 @@ def test_the_command_checks_the_push_flags_before_building(tmp_path, monkeypatch
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     assert build_main([*common, "--verify", "--push-to-hub", REPO]) == 0
     assert json.loads((hub.remote(REPO) / "manifest.json").read_text()) == json.loads((out / "manifest.json").read_text())
+
+
+def test_a_build_pushes_its_shards_while_it_runs_and_each_once(tmp_path, monkeypatch, hub):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    out = tmp_path / "built"
+    assert build_main(["--out", str(out), "--synthetic", "160", "--synthetic-max-side", "64", "--short-side", "32",
+                       "--workers", "0", "--no-progress", "--shard-size", "10", "--push-to-hub", REPO]) == 0
+    uploads = hub.calls("upload_folder")
+    # The first shards went up from the background thread while the build was still writing the
+    # others: the manifest (written at the end of the build) was not there yet.
+    assert "manifest.json" not in uploads[0]["present"] and uploads[0]["files"][0].endswith(".tar")
+    assert uploads[-1]["files"] == ["README.md", "manifest.json"]
+    sent = [f for call in uploads[:-1] for f in call["files"]]
+    assert sorted(sent) == tar_names(out)  # every shard once: the final push skipped those already there
