@@ -260,26 +260,24 @@ def gallery_markdown(names: list[str], split: str = "val") -> str:
 def update_card_gallery(card: ModelCard, names: list[str], split: str = "val") -> ModelCard:
     """The same card with its gallery section (between GALLERY_START and GALLERY_END) replaced by
     one showing `names`, appended when it has none."""
-    section = f"{GALLERY_START}\n{gallery_markdown(names, split)}\n{GALLERY_END}"
-    text = card.content
-    start, end = text.find(GALLERY_START), text.find(GALLERY_END)
+    return ModelCard(replace_section(card.content, GALLERY_START, GALLERY_END, gallery_markdown(names, split)))
+
+
+def replace_section(text: str, start_marker: str, end_marker: str, body: str, heading: str = "") -> str:
+    """`text` with the part between the two markers replaced by `body`, or (no such part yet) the
+    markers and `body` appended under `heading`."""
+    section = f"{start_marker}\n{body}\n{end_marker}"
+    start, end = text.find(start_marker), text.find(end_marker)
     if 0 <= start < end:
-        text = text[:start] + section + text[end + len(GALLERY_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    return ModelCard(text)
+        return text[:start] + section + text[end + len(end_marker):]
+    return text.rstrip("\n") + "\n\n" + heading + section + "\n"
 
 
 def update_card_metrics(card: ModelCard, metrics: Mapping[str, Any], split: str = "val",
                         step: int | None = None) -> ModelCard:
     """The same card with its metrics table and model-index replaced by `metrics`."""
-    table = f"{METRICS_START}\n{metrics_markdown(metrics, split, step)}\n{METRICS_END}"
-    text = card.text
-    start, end = text.find(METRICS_START), text.find(METRICS_END)
-    if 0 <= start < end:
-        text = text[:start] + table + text[end + len(METRICS_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Evaluation\n\n" + table + "\n"
+    text = replace_section(card.text, METRICS_START, METRICS_END, metrics_markdown(metrics, split, step),
+                           heading="## Evaluation\n\n")
     data = card.data
     datasets = data.datasets if isinstance(data.datasets, list) else [data.datasets] if data.datasets else []
     results = eval_results(metrics, datasets[0] if datasets else None, "WikiArt", split)
