@@ -109,12 +109,12 @@ class HttpReader(io.RawIOBase):
         self.pos, self.size = 0, None
         self.response: http.client.HTTPResponse | None = None
         self.failures = 0
+        self.attempts, self.backoff = retry_policy()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        attempts, backoff = retry_policy()
         while True:
             try:
                 if self.response is None:
@@ -130,10 +130,10 @@ class HttpReader(io.RawIOBase):
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
                 self.failures += 1
-                if self.failures >= attempts:
+                if self.failures >= self.attempts:
                     raise RemoteShardError(f"{self.shown}: read failed after {self.failures} attempt(s) at "
                                            f"byte {self.pos}: {_describe(exc)}") from exc
-                time.sleep(min(backoff * 2 ** (self.failures - 1), 60.0))
+                time.sleep(min(self.backoff * 2 ** (self.failures - 1), 60.0))
 
     def _connect(self) -> None:
         headers = dict(self.headers)

@@ -17,13 +17,11 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .files import write_json
 from .location import RemoteShardError, child, is_remote, local_path, read_bytes
-
-if TYPE_CHECKING:
-    from .shard import ShardSource
+from .shard import ShardSource
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -91,7 +89,6 @@ class Manifest:
 
     def shard_sources(self, split: str) -> list[ShardSource]:
         """What a reader needs of each shard of `split`: where, its size and sha256, the cache."""
-        from .shard import ShardSource
         cache = self.cache if self.root is not None and is_remote(self.root) else None
         return [ShardSource(path, s.bytes, s.sha256, cache)
                 for path, s in zip(self.shard_paths(split), self.split(split).shards)]

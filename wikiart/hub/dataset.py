@@ -95,6 +95,14 @@ def _batches(names: list[str], sizes: dict[str, int]) -> list[list[str]]:
     return [b for b in batches if b]
 
 
+def open_repo(api: Any, repo_id: str, private: bool, policy: RetryPolicy, echo: Callable[[str], None]) -> dict[str, str]:
+    """Create the dataset repo if needed; returns what it already holds (path -> sha256)."""
+    call_with_retries(lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True),
+                      policy, f"create dataset repo {repo_id}", echo)
+    there, _ = call_with_retries(lambda: remote_lfs_files(api, repo_id), policy, f"list {repo_id}", echo)
+    return there
+
+
 def push_shards(directory: str | Path, repo_id: str, *, private: bool = False,
                 policy: RetryPolicy = RetryPolicy(), echo: Callable[[str], None] = say) -> str:
     """Upload the build in `directory` to the dataset repo `repo_id`; returns the last commit's URL."""
@@ -102,9 +110,7 @@ def push_shards(directory: str | Path, repo_id: str, *, private: bool = False,
     manifest = load_manifest(directory)
     (directory / CARD_NAME).write_text(dataset_card(manifest, repo_id))
     api = make_api()
-    call_with_retries(lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True),
-                      policy, f"create dataset repo {repo_id}", echo)
-    there, _ = call_with_retries(lambda: remote_lfs_files(api, repo_id), policy, f"list {repo_id}", echo)
+    there = open_repo(api, repo_id, private, policy, echo)
     shards = [s for split in manifest.splits.values() for s in split.shards]
     missing = [s.name for s in shards if there.get(s.name) != s.sha256]
     echo(f"hub: {repo_id}: {len(shards) - len(missing)} of {len(shards)} shards already there, "
@@ -159,11 +165,7 @@ class ShardUploader:
     def _run(self) -> None:
         api = make_api()
         try:
-            call_with_retries(lambda: api.create_repo(self.repo_id, repo_type="dataset", private=self.private,
-                                                      exist_ok=True), self.policy, f"create dataset repo {self.repo_id}",
-                              self.echo)
-            there, _ = call_with_retries(lambda: remote_lfs_files(api, self.repo_id), self.policy,
-                                         f"list {self.repo_id}", self.echo)
+            there = open_repo(api, self.repo_id, self.private, self.policy, self.echo)
         except HubError as exc:
             self.error, there = exc, None
         while (batch := self._next_batch()) is not None:
