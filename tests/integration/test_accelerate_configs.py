@@ -29,6 +29,7 @@ total = acc.reduce(torch.ones(()), reduction="sum") if acc.num_processes > 1 els
 print("PROBE " + json.dumps({"rank": acc.process_index, "num_processes": acc.num_processes,
                              "sum": float(total), "type": acc.distributed_type.value,
                              "device": str(acc.device)}), flush=True)
+acc.end_training()  # as train.py ends: a rank leaving with gloo's threads alive may abort at exit
 """
 
 

@@ -67,22 +67,27 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[float, float]:
-    """(macro F1, weighted F1) as scikit-learn's `f1_score`; nan when nothing is scored.
+    """(macro F1, weighted F1) as scikit-learn's `f1_score(..., zero_division=0)`; nan when
+    nothing is scored.
 
     Macro averages the classes that occur among the labels or predictions (scikit-learn's
     default, and the seed's): a class absent from both has no F1, and counting it as 0 would keep
     a perfect model below 1 on a split that lacks a rare class. Weighted F1 weighs by support,
-    so absent classes weigh 0 either way.
+    so absent classes weigh 0 either way. Computed from the counts here rather than with
+    scikit-learn: the trainer validates every epoch, and importing scikit-learn costs each
+    training process ~1.5 s (tests/unit/evaluate/test_metrics.py checks the two agree).
     """
-    if len(y_true) == 0:  # scikit-learn refuses empty arrays
+    if len(y_true) == 0:
         return float("nan"), float("nan")
-    # Imported here: scikit-learn takes seconds to import; most modules never need it.
-    from sklearn.metrics import f1_score
-
-    seen = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
-    return (float(f1_score(y_true, y_pred, labels=seen, average="macro", zero_division=0)),
-            float(f1_score(y_true, y_pred, labels=list(range(num_classes)), average="weighted",
-                           zero_division=0)))
+    width = max(num_classes, int(y_true.max()) + 1, int(y_pred.max()) + 1)
+    support = np.bincount(y_true, minlength=width)
+    predicted = np.bincount(y_pred, minlength=width)
+    true_pos = np.bincount(y_true[y_true == y_pred], minlength=width)
+    denominator = support + predicted  # 2tp + fp + fn
+    f1 = np.divide(2.0 * true_pos, denominator, out=np.zeros(width), where=denominator > 0)
+    seen = denominator > 0
+    weighted = (f1[:num_classes] * support[:num_classes]).sum() / support[:num_classes].sum()
+    return float(f1[seen].mean()), float(weighted)
 
 
 def head_scores(logits: np.ndarray, labels: np.ndarray, smoothing: float = 0.0) -> dict[str, float]:

@@ -119,6 +119,27 @@ def test_headline_f1s_are_sklearns_on_the_labelled_rows():
     assert (full["macro_f1"], full["weighted_f1"]) == (head["style/macro_f1"], head["style/weighted_f1"])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_f1_from_counts_equals_sklearns_f1_score(seed):
+    """The trainer's F1s are counted by hand (no scikit-learn import per process): they equal
+    `f1_score` with the seed's settings on random, perfect, constant and rare-class predictions."""
+    from wikiart.evaluate.metrics import f1_scores
+
+    rng = np.random.default_rng(seed)
+    classes = int(rng.integers(2, 12))
+    y_true = rng.integers(0, classes, size=int(rng.integers(1, 80)))
+    cases = [rng.integers(0, classes, size=len(y_true)), y_true.copy(), np.zeros_like(y_true),
+             np.where(rng.random(len(y_true)) < 0.8, y_true, classes - 1)]
+    for y_pred in cases:
+        seen = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+        macro, weighted = f1_scores(y_true, y_pred, classes)
+        assert macro == pytest.approx(f1_score(y_true, y_pred, labels=seen, average="macro", zero_division=0),
+                                      abs=1e-12)
+        assert weighted == pytest.approx(f1_score(y_true, y_pred, labels=list(range(classes)),
+                                                  average="weighted", zero_division=0), abs=1e-12)
+    assert f1_scores(y_true, y_true, classes) == (1.0, 1.0)
+
+
 def one_hot_logits(pred: list[int], classes: int) -> np.ndarray:
     return np.eye(classes)[pred] * 2.0 + np.linspace(0.0, 0.1, classes)  # not one-hot-degenerate losses
 
