@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import re
 import multiprocessing
 import multiprocessing.util  # registers its exit hook now, so ours (registered later) runs first
@@ -32,7 +33,13 @@ def _kill_loader_workers() -> None:
 
 
 def run_cli(prog: str, main: Callable[[], int | None], extra_errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Call `main`; a known error prints `prog: error: message` and exits 1."""
+    """Call `main`; a known error prints `prog: error: message` and exits 1.
+
+    Everything imported so far (torch, torchvision and the ~2,300 modules they load) is moved to
+    the collector's permanent generation first: full collections, the interpreter's exit and
+    forked loader workers (copy-on-write) no longer walk those objects. A training process
+    starts and ends ~1 s sooner (benchmarks/process_overhead.py)."""
+    gc.freeze()
     atexit.unregister(_kill_loader_workers)
     atexit.register(_kill_loader_workers)
     try:
