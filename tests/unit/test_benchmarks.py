@@ -50,3 +50,17 @@ def test_loop_overhead_loops_take_turns_in_rotating_order_and_drop_the_warm_up_t
     assert {name: len(v) for name, v in seconds.items()} == {"a": 3, "b": 3, "c": 3}
     assert calls[3] == ("b", (2, 3)) and calls[9] == ("a", (6, 7))       # every loop gets the same batches
     assert all(t >= 0 for v in seconds.values() for t in v)
+
+
+def test_backbone_speed_table_takes_each_backbone_at_a_size_it_fits(capsys):
+    """benchmarks/backbones.py (the README's speed column; `--device cuda` on a GPU machine): a
+    ViT is timed at the next multiple of its patch size, and its row says so."""
+    from benchmarks import backbones
+
+    torch.set_num_threads(1)
+    assert backbones.fitting_size("timm/test_vit", 40) == 48 and backbones.fitting_size("resnet18", 40) == 40
+    backbones.speed(("resnet18", "timm/test_vit"), 40, batch=2, rounds=1)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| resnet18") or line.startswith("| timm/")}
+    assert rows["resnet18"][2:4] == ["40", "2x2"] and rows["timm/test_vit"][2:4] == ["48", "3x3"]
+    assert all(float(r[-1].strip(" |")) > 0 for r in rows.values())
