@@ -36,14 +36,14 @@ def build(name: str, size: int) -> CNNRNNClassifier:
     return CNNRNNClassifier(backbone=name, num_classes=HEADS, image_size=size, attention_pool="linear")
 
 
-def fitting_size(name: str, size: int) -> int:
-    """`size`, or the next size up the backbone takes (a patch-14 ViT: 392 for 384)."""
+def build_fitting(name: str, size: int) -> CNNRNNClassifier:
+    """The model at `size`, or at the next size up its backbone takes (a patch-14 ViT: 392 for
+    384); its `image_size` says which."""
     try:
-        build(name, size)
+        return build(name, size)
     except ValueError as exc:
         multiple = int(str(exc).split("use a multiple of ")[1].split(" ")[0])
-        return size - size % multiple + multiple
-    return size
+        return build(name, size - size % multiple + multiple)
 
 
 def step_seconds(model: CNNRNNClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -61,8 +61,8 @@ def step_seconds(model: CNNRNNClassifier, x: torch.Tensor, y: torch.Tensor) -> f
 
 
 def speed(names: tuple[str, ...], size: int, batch: int, rounds: int, device: str = "cpu") -> None:
-    sizes = {n: fitting_size(n, size) for n in names}
-    models = {n: build(n, sizes[n]).train().to(device) for n in names}
+    models = {n: build_fitting(n, size).train().to(device) for n in names}
+    sizes = {n: m.image_size for n, m in models.items()}
     inputs = {n: (torch.randn(batch, 3, sizes[n], sizes[n], device=device),
                   torch.randint(0, 10, (batch,), device=device)) for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -89,10 +89,9 @@ def speed(names: tuple[str, ...], size: int, batch: int, rounds: int, device: st
 def table(names: tuple[str, ...], size: int) -> None:
     print(f"| backbone | backbone params (M) | input multiple | feature grid at {size} px | channels |\n|---|---|---|---|---|")
     for n in names:
-        fits = fitting_size(n, size)
-        model = build(n, fits).eval()
-        note = "" if fits == size else \
-            f"refused ({size} is not a multiple of {model.backbone_info()['input_multiple']}); at {fits}: "
+        model = build_fitting(n, size).eval()
+        note = "" if model.image_size == size else \
+            f"refused ({size} is not a multiple of {model.backbone_info()['input_multiple']}); at {model.image_size}: "
         info = model.backbone_info()
         grid = tuple(model.backbone(torch.zeros(1, 3, model.image_size, model.image_size)).shape[-2:])
         params = sum(p.numel() for p in model.backbone.parameters()) / 1e6

@@ -58,7 +58,8 @@ def test_backbone_speed_table_takes_each_backbone_at_a_size_it_fits(capsys):
     from benchmarks import backbones
 
     torch.set_num_threads(1)
-    assert backbones.fitting_size("timm/test_vit", 40) == 48 and backbones.fitting_size("resnet18", 40) == 40
+    assert backbones.build_fitting("timm/test_vit", 40).image_size == 48
+    assert backbones.build_fitting("resnet18", 40).image_size == 40
     backbones.speed(("resnet18", "timm/test_vit"), 40, batch=2, rounds=1)
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()
             if line.startswith("| resnet18") or line.startswith("| timm/")}

@@ -25,13 +25,18 @@ from ..prep.sources import SourceError
 from ..prep.write import verify_shards
 
 
+def builds_shards(cfg: BuildConfig) -> bool:
+    """Whether the flags ask for a build (not a merge of the parts' manifests, nor a verify only)."""
+    return not cfg.merge_manifests and not (cfg.verify and cfg.verify != VERIFY_OUT and not cfg.out)
+
+
 def build(cfg: BuildConfig, uploader=None) -> None:
     """What the flags ask for before any verification: merge the parts, build, or nothing; with
     --push-to-hub, `uploader` (hub.dataset.ShardUploader) sends shards while the build goes on."""
     if cfg.merge_manifests:
         merge_manifests(cfg.out or ".")
         print(f"merged the part manifests into {Path(cfg.out or '.') / MANIFEST_NAME}")
-    elif cfg.verify and cfg.verify != VERIFY_OUT and not cfg.out:
+    elif not builds_shards(cfg):
         pass  # verify only
     elif uploader is not None:
         try:
@@ -99,8 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def background_uploader(cfg: BuildConfig):
     """A ShardUploader when this command builds shards and pushes them (None otherwise)."""
-    building = not cfg.merge_manifests and not (cfg.verify and cfg.verify != VERIFY_OUT and not cfg.out)
-    if cfg.push_to_hub is None or not building:
+    if cfg.push_to_hub is None or not builds_shards(cfg):
         return None
     from ..hub.dataset import ShardUploader
     return ShardUploader(cfg.out, cfg.push_to_hub, private=cfg.hub_private)

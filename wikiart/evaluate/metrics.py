@@ -79,15 +79,12 @@ def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple
     """
     if len(y_true) == 0:
         return float("nan"), float("nan")
-    width = max(num_classes, int(y_true.max()) + 1, int(y_pred.max()) + 1)
-    support = np.bincount(y_true, minlength=width)
-    predicted = np.bincount(y_pred, minlength=width)
-    true_pos = np.bincount(y_true[y_true == y_pred], minlength=width)
-    denominator = support + predicted  # 2tp + fp + fn
-    f1 = np.divide(2.0 * true_pos, denominator, out=np.zeros(width), where=denominator > 0)
-    seen = denominator > 0
-    weighted = (f1[:num_classes] * support[:num_classes]).sum() / support[:num_classes].sum()
-    return float(f1[seen].mean()), float(weighted)
+    support = np.bincount(y_true, minlength=num_classes)  # labels and predictions are < num_classes
+    predicted = np.bincount(y_pred, minlength=num_classes)
+    true_pos = np.bincount(y_true[y_true == y_pred], minlength=num_classes)
+    seen = support + predicted > 0  # support + predicted = 2tp + fp + fn
+    f1 = np.divide(2.0 * true_pos, support + predicted, out=np.zeros(num_classes), where=seen)
+    return float(f1[seen].mean()), float((f1 * support).sum() / support.sum())
 
 
 def head_scores(logits: np.ndarray, labels: np.ndarray, smoothing: float = 0.0) -> dict[str, float]:

@@ -145,7 +145,7 @@ class ShardUploader:
 
     def add(self, result: Any) -> None:
         """A shard is complete on disk (a prep.write.ShardResult): queue it for upload."""
-        if not self.thread.is_alive() and self.thread.ident is None:
+        if self.thread.ident is None:  # the first shard starts the thread
             self.thread.start()
         self.queue.put((result.name, result.sha256))
 
