@@ -432,15 +432,27 @@ def small_tmpfs(path: Path, size: int):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.fixture(scope="module")
+def stopped_at_the_first_save(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run stopped right after its first checkpoint (step SAVE_EVERY): each full-disk test
+    resumes a copy of it into a disk without room for the next save."""
+    first = Job(["--shards", str(synthetic_shards), *COMMON, "--stop-at-step", str(SAVE_EVERY)],
+                tmp_path_factory.mktemp("full-disk") / "first")
+    try:
+        assert first.wait(300) == 75, first.tail()
+    finally:
+        first.kill_all()
+    return first.out
+
+
 @pytest.mark.parametrize("how", ["file-size-limit", "full-filesystem"])
-def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(how, synthetic_shards, tmp_path):
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(how, synthetic_shards, stopped_at_the_first_save,
+                                                                 tmp_path):
     args = ["--shards", str(synthetic_shards), *COMMON]
-    first = Job([*args, "--stop-at-step", str(SAVE_EVERY)], tmp_path / "first")
-    assert first.wait(300) == 75, first.tail()
-    first.kill_all()
-    saved = ckpt.latest_checkpoint(tmp_path / "first")
+    first = stopped_at_the_first_save
+    saved = ckpt.latest_checkpoint(first)
     weights_size = (saved / "model.safetensors").stat().st_size
-    run_size = sum(p.stat().st_size for p in (tmp_path / "first").rglob("*") if p.is_file())
+    run_size = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
     with contextlib.ExitStack() as stack:
         if how == "file-size-limit":  # any file larger than half the weights fails with EFBIG
             out = tmp_path / "run"
@@ -452,7 +464,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(how, synthetic_
             # The run directory is the mount point: the job's logs (beside it) stay writable.
             out = stack.enter_context(small_tmpfs(tmp_path / "run", run_size + weights_size // 2))
             cmd, error = None, "No space left on device"
-        shutil.copytree(tmp_path / "first", out, dirs_exist_ok=True)
+        shutil.copytree(first, out, dirs_exist_ok=True)
         job = Job([*args, "--resume", "auto"], out, cmd=cmd)
         try:
             rc = job.wait(300)

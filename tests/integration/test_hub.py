@@ -4,14 +4,12 @@ checks themselves: tests/unit/hub/test_hub.py)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.hub import REPO, TOKEN
-from tests.support.training import ROOT, TINY
+from tests.support.training import TINY, run_train
 
 
 def no_token_env(tmp_path: Path) -> dict[str, str]:
@@ -27,9 +25,8 @@ def no_token_env(tmp_path: Path) -> dict[str, str]:
 def test_train_cli_fails_fast_on_hub_flags(repo, with_token, needle, tmp_path, synthetic_shards):
     env = {**os.environ, "HF_TOKEN": TOKEN} if with_token else no_token_env(tmp_path)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--shards", str(synthetic_shards),
-                           "--out", str(out), "--push-to-hub", repo, *TINY, "--workers", "1"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_train(["--shards", str(synthetic_shards), "--out", str(out), "--push-to-hub", repo, *TINY,
+                      "--workers", "1"], env=env, check=False, timeout=120)
     assert proc.returncode != 0
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and TOKEN not in proc.stderr + proc.stdout

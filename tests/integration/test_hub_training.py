@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from huggingface_hub import ModelCard
 
 from tests.support.hub import REPO, TOKEN, double_env, run_config
 from tests.support.hub_double import RecordingHfApi
-from tests.support.training import ROOT, TINY, launch_command, metrics_rows
+from tests.support.training import TINY, metrics_rows, run_evaluate, run_train
 from wikiart.train import hub_sync as hub
 
 
@@ -79,8 +78,7 @@ def test_a_better_best_is_pushed_with_the_checkpoint_of_its_step(tmp_path, doubl
 def launch(args: list[str], env: dict[str, str], ranks: int = 1) -> subprocess.CompletedProcess:
     """train.py in one process, or under `accelerate launch` with `ranks` CPU processes."""
     # An OS-chosen free port: a port derived from the pid can meet another suite's job on a shared host.
-    return subprocess.run([*launch_command(ROOT / "train.py", ranks), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_train(args, ranks=ranks, env=env, check=False)
 
 
 @pytest.mark.slow
@@ -122,9 +120,8 @@ def test_only_the_main_rank_pushes_under_ddp(tmp_path, synthetic_shards):
 def test_evaluate_push_to_hub_updates_the_card_with_the_evaluation(tmp_path, trained_run, synthetic_shards):
     store = tmp_path / "store"
     out = tmp_path / "eval"
-    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(trained_run / "best"),
-           "--shards", str(synthetic_shards), "--out", str(out), "--workers", "0", "--push-to-hub", REPO]
-    proc = subprocess.run(cmd, cwd=ROOT, env=double_env(store), capture_output=True, text=True, timeout=300)
+    proc = run_evaluate(["--checkpoint", str(trained_run / "best"), "--shards", str(synthetic_shards),
+                         "--out", str(out), "--workers", "0", "--push-to-hub", REPO], env=double_env(store), check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     card = ModelCard((store / "remote" / REPO / "README.md").read_text())
@@ -135,8 +132,7 @@ def test_evaluate_push_to_hub_updates_the_card_with_the_evaluation(tmp_path, tra
 
 
 def test_evaluate_rejects_a_bad_repo_id_before_any_work(tmp_path, synthetic_shards, token):
-    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(tmp_path / "none"),
-           "--shards", str(synthetic_shards), "--out", str(tmp_path / "eval"), "--push-to-hub", "bad//id"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_evaluate(["--checkpoint", str(tmp_path / "none"), "--shards", str(synthetic_shards),
+                         "--out", str(tmp_path / "eval"), "--push-to-hub", "bad//id"], check=False)
     assert proc.returncode == 1 and "bad//id" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "eval").exists()

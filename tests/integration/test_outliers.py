@@ -7,17 +7,14 @@ import collections
 import csv
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.support.training import ROOT
+from tests.support.training import run_train
 from wikiart.cli.evaluate import main as evaluate_main
 from wikiart.formats.manifest import load_manifest, sha256_file
 
@@ -29,15 +26,11 @@ from wikiart.formats.manifest import load_manifest, sha256_file
 def genre_run(synthetic_shards, tmp_path_factory) -> Path:
     """A genre model trained one epoch without MixUp/CutMix: ~90 % top-1 on the synthetic val."""
     out = tmp_path_factory.mktemp("genre") / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--shards", str(synthetic_shards), "--out", str(out),
-           "--task", "genre", "--epochs", "1", "--workers", "1", "--backbone", "resnet18",
-           "--image-size", "32", "--batch-size", "8", "--proj-dim", "16", "--rnn-hidden", "16",
-           "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress", "--balance", "none",
-           "--mixup-p", "0", "--cutmix-p", "0", "--erasing-p", "0", "--label-smoothing", "0",
-           "--lr", "2e-3", "--backbone-lr", "1e-3", "--no-pretrained"]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--epochs", "1",
+               "--workers", "1", "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8",
+               "--proj-dim", "16", "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50",
+               "--no-progress", "--balance", "none", "--mixup-p", "0", "--cutmix-p", "0", "--erasing-p", "0",
+               "--label-smoothing", "0", "--lr", "2e-3", "--backbone-lr", "1e-3", "--no-pretrained"])
     return out
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from tests.support.forked import ForkedRun
 from tests.support.training import ROOT, SUPPORT, TINY, final_weights, launch_command, metrics_rows, run_train
 from wikiart.formats import checkpoint as ckpt
 from wikiart.data.loader import train_samples_for
@@ -23,7 +23,7 @@ LONG = ["--task", "genre", "--epochs", "3", "--workers", "1", "--log-every", "1"
         "--seed", "5", *TINY]
 
 
-def _wait_for_train_rows(run_dir: Path, proc: subprocess.Popen, rows: int, timeout: float = 180) -> None:
+def _wait_for_train_rows(run_dir: Path, proc: subprocess.Popen | ForkedRun, rows: int, timeout: float = 180) -> None:
     """Poll metrics.jsonl until training has logged `rows` steps (the run is mid-epoch then)."""
     deadline = time.monotonic() + timeout
     path = run_dir / "metrics.jsonl"
@@ -37,10 +37,9 @@ def _wait_for_train_rows(run_dir: Path, proc: subprocess.Popen, rows: int, timeo
     raise AssertionError("training did not log in time")
 
 
-def _start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(args: list[str]) -> ForkedRun:
+    """train.py in a process of its own (forked from the pre-imported server), left running."""
+    return ForkedRun("train.py", args, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, ROOT)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.support.shard_server import serve
-from tests.support.training import ROOT, TINY, final_weights, metrics_rows, run_train
+from tests.support.training import ROOT, TINY, final_weights, metrics_rows, run_evaluate, run_train
 
 pytestmark = pytest.mark.slow
 FAST_RETRIES = {"WIKIART_REMOTE_RETRIES": "4", "WIKIART_REMOTE_BACKOFF": "0.05"}
@@ -78,11 +78,8 @@ def test_killed_and_resumed_from_a_hub_dataset_repo_with_a_shard_cache_ends_iden
 
 
 def evaluate(checkpoint: Path, shards: str, out: Path, env: dict[str, str] | None = None) -> dict:
-    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(checkpoint), "--shards", shards,
-           "--out", str(out), "--batch-size", "16", "--workers", "2", "--outliers", "--outlier-top", "4"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **FAST_RETRIES, **(env or {})})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_evaluate(["--checkpoint", str(checkpoint), "--shards", shards, "--out", str(out), "--batch-size", "16",
+                  "--workers", "2", "--outliers", "--outlier-top", "4"], env={**FAST_RETRIES, **(env or {})})
     metrics = json.loads((out / "metrics.json").read_text())
     metrics.pop("shards")
     return metrics

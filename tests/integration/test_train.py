@@ -20,7 +20,8 @@ from wikiart.formats.manifest import load_manifest
 def test_single_process_run_writes_checkpoint_best_and_metrics(synthetic_shards, tmp_path):
     out = tmp_path / "run"
     run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "combined",
-               "--epochs", "1", "--max-steps", "6", "--workers", "1", "--log-every", "2", *TINY])
+               "--epochs", "1", "--max-steps", "6", "--workers", "1", "--log-every", "2", *TINY],
+              interpreter=True)  # `python train.py` as a user runs it: the other runs here are forked
     state, _, _, extra = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
     assert state.step == 6 and state.finished
     assert set(extra["class_names"]) == {"artist", "genre", "style"}

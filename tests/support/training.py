@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tests.support.forked import COMMANDS, ForkedRun, import_time_env
 from wikiart.formats import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: train.py, evaluate.py, accelerate_configs/
@@ -40,15 +41,28 @@ def launch_command(script: Path, ranks: int = 1, port: int | None = None) -> lis
 
 
 def run_train(args: list[str], *, ranks: int = 1, check: bool = True, timeout: int = 600,
-              env: dict[str, str] | None = None, script: Path = ROOT / "train.py") -> subprocess.CompletedProcess:
+              env: dict[str, str] | None = None, script: Path = ROOT / "train.py",
+              interpreter: bool = False) -> subprocess.CompletedProcess:
     """train.py (or a probe standing in for it) as a real process; raises with its output unless
-    it succeeded or `check` is off."""
+    it succeeded or `check` is off. One rank of train.py is forked from the pre-imported server
+    (tests/support/forked.py), unless `interpreter` asks for a new `python train.py` or `env` sets
+    a variable read at import time (WIKIART_FAULT: the fault points are parsed on import)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([*launch_command(script, ranks), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    if ranks == 1 and script.parent == ROOT and script.name in COMMANDS and not interpreter \
+            and not import_time_env(env):
+        proc = ForkedRun(script.name, args, env, ROOT).completed(timeout)
+    else:
+        proc = subprocess.run([*launch_command(script, ranks), *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def run_evaluate(args: list[str], *, check: bool = True, timeout: int = 600,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """evaluate.py as a real process, as run_train runs one rank of train.py."""
+    return run_train(args, check=check, timeout=timeout, env=env, script=ROOT / "evaluate.py")
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
