@@ -5,15 +5,13 @@ they build on are in tests/support. Session-scoped: `synthetic_shards` (built in
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.artgan import write_artgan
 from tests.support.hub import TOKEN
-from tests.support.training import ROOT
+from tests.support.training import run_train
 
 # Tests never reach the network: `datasets` and the hub client stay offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,14 +54,10 @@ def trained_run(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory
     out = shared / "trained" / "run"
     with FileLock(str(shared / "trained.lock")):
         if not (out / "best" / "model.safetensors").is_file():
-            cmd = [sys.executable, str(ROOT / "train.py"), "--shards", str(synthetic_shards), "--out", str(out),
-                   "--task", "combined", "--epochs", "1", "--max-steps", "20", "--workers", "1",
-                   "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--proj-dim", "16",
-                   "--rnn-hidden", "16", "--rnn-layers", "1", "--shuffle-buffer", "50", "--no-progress",
-                   "--balance", "none", "--no-pretrained"]
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+            run_train(["--shards", str(synthetic_shards), "--out", str(out), "--task", "combined", "--epochs", "1",
+                       "--max-steps", "20", "--workers", "1", "--backbone", "resnet18", "--image-size", "32",
+                       "--batch-size", "8", "--proj-dim", "16", "--rnn-hidden", "16", "--rnn-layers", "1",
+                       "--shuffle-buffer", "50", "--no-progress", "--balance", "none", "--no-pretrained"])
     return out
 
 
