@@ -8,8 +8,9 @@ code, and runs exactly what `python train.py ARGS` runs (`wikiart.cli.train.main
 interpreter's exit hooks) - only the imports are already done.
 
 What a fork cannot give: environment variables that a library reads once at import time (they
-are the server's). `check_env` refuses those, so a test that sets one launches `python train.py`
-itself. `accelerate launch` (several ranks) always starts new interpreters.
+are the server's). ForkedRun refuses those (`check_env`), and run_train launches a new `python
+train.py` for a run that sets one. `accelerate launch` (several ranks) always starts new
+interpreters.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 COMMANDS = {"train.py": "wikiart.cli.train", "evaluate.py": "wikiart.cli.evaluate"}
 # Read when a run reads them, not when a module is imported: a forked run may set these.
+# (PYTHONPATH: the child puts its entries on sys.path, as a new interpreter does.)
 CALL_TIME_ENV = {"OMP_NUM_THREADS", "PYTHONUNBUFFERED", "PYTHONPATH", "TORCH_HOME", "HF_TOKEN",
                  "WIKIART_HUB_API", "WIKIART_HUB_DOUBLE_DIR", "WIKIART_HUB_DOUBLE_FAIL", "WIKIART_HUB_TIMEOUT",
                  "WIKIART_SHARD_CACHE_GB", "WIKIART_REMOTE_RETRIES", "WIKIART_REMOTE_BACKOFF"}
@@ -63,8 +65,11 @@ def _run_command(module: str, argv: list[str], env: dict[str, str], cwd: str, st
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
+    sys.path[1:1] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     for fd, path in ((1, stdout), (2, stderr)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
     signal.signal(signal.SIGINT, signal.default_int_handler)
