@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 
 import pytest
 import torch
@@ -102,6 +103,25 @@ def test_rows_logged_after_the_last_checkpoint_are_not_kept_twice(synthetic_shar
     run_train([*common, "--resume", "auto"])
     assert [r["step"] for r in metrics_rows(out, "train")] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in metrics_rows(out, "val")] == [2, 4, 6]
+
+
+def test_killed_after_the_epoch_end_validation_of_a_saved_step_logs_that_validation_once(synthetic_shards, tmp_path):
+    """--save-every on an epoch's last step saves before the epoch's validation. Killed in the
+    epoch-end save that follows (its validation row written), the run resumes from the earlier
+    save and validates again: the log holds that validation once, not twice."""
+    out = tmp_path / "epoch-end"
+    common = ["--shards", str(synthetic_shards), "--out", str(out), "--task", "genre", "--workers", "0",
+              "--max-steps", "12", "--save-every", "11", "--log-every", "1", *TINY]
+    common[common.index("--batch-size") + 1] = "32"  # 370 genre-labelled samples: 11 steps per epoch
+    killed = run_train(common, check=False, env={"WIKIART_FAULT": "checkpoint.write@2"})  # the 2nd save of 11
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert [r["step"] for r in metrics_rows(out, "val")] == [11]
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[0]
+    assert (state.step, state.epoch, state.batch_in_epoch, state.logged_rows_at_step) == (11, 0, 11, 1)
+    run_train([*common, "--resume", "auto"])
+    assert [r["step"] for r in metrics_rows(out, "val")] == [11, 12]
+    assert [r["step"] for r in metrics_rows(out, "train")] == list(range(1, 13))
+    assert [r["epoch"] for r in metrics_rows(out, "epoch")] == [0, 1]
 
 
 def test_a_run_resumed_past_a_lowered_end_validates_saves_and_finishes(synthetic_shards, tmp_path):

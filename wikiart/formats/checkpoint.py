@@ -59,6 +59,10 @@ class TrainState:
     # Single-task epochs read only the samples labelled for the task. Checkpoints from before
     # (False) keep the epochs they were counted in: every sample.
     labelled_epochs: bool = False
+    # The rows of step `step` (other than Hub pushes) that metrics.jsonl held at the save. A save at
+    # an epoch's last step comes before that epoch's validation row: a resume drops the rows logged
+    # after it, which it logs again (None: older checkpoints keep every row of their step).
+    logged_rows_at_step: int | None = None
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:

@@ -26,11 +26,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _row_step(line: str) -> int:
+UNCOUNTED = "hub"  # rows of the background pusher: a resume does not log them again
+
+
+def _row_step_and_kind(line: str) -> tuple[int, str]:
     try:
-        return int(json.loads(line)["step"])
+        row = json.loads(line)
+        return int(row["step"]), str(row["kind"])
     except (ValueError, KeyError, TypeError):  # a line cut by the kill: dropped
-        return sys.maxsize
+        return sys.maxsize, ""
 
 
 class RunLogger:
@@ -45,6 +49,7 @@ class RunLogger:
         self._show = show_progress and self.enabled and sys.stdout.isatty()
         self._last_time = time.perf_counter()
         self._last_step = 0
+        self._rows_at = (0, 0)  # (step, rows of that step but the uncounted ones) written so far
 
     def __enter__(self) -> "RunLogger":
         if self._show:
@@ -67,18 +72,37 @@ class RunLogger:
                **{k: _clean(v) for k, v in values.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if kind != UNCOUNTED:
+            self._rows_at = (step, self.rows_at(step) + 1)
         numeric = {f"{kind}/{k}": v for k, v in values.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if numeric:
             self.accelerator.log(numeric, step=step)
 
-    def forget_after(self, step: int) -> None:
-        """Drop the rows logged after `step`: a run killed after its last checkpoint logged steps
-        that the resumed run trains (and logs) again."""
+    def rows_at(self, step: int) -> int:
+        """How many rows of `step` (Hub pushes aside) this run's log holds: what a checkpoint of
+        `step` records, so that its resume keeps exactly those."""
+        return self._rows_at[1] if self._rows_at[0] == step else 0
+
+    def forget_after(self, step: int, rows_at_step: int | None = None) -> None:
+        """Drop the rows logged after the checkpoint of `step`: those of later steps, and of `step`
+        itself beyond the first `rows_at_step` (Hub pushes aside; None: keep them all). A run
+        killed after its last checkpoint logged steps - or its epoch's validation - that the
+        resumed run logs again."""
         if not self.enabled or not self.path.is_file():
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _row_step(line) <= step]
+        kept, at_step = [], 0
+        for line in lines:
+            row_step, kind = _row_step_and_kind(line)
+            if row_step > step:
+                continue
+            if row_step == step and kind != UNCOUNTED:
+                if rows_at_step is not None and at_step >= rows_at_step:
+                    continue  # logged after the checkpoint: the resumed run logs it again
+                at_step += 1
+            kept.append(line)
+        self._rows_at = (step, at_step)
         if len(kept) < len(lines) or (kept and not kept[-1].endswith("\n")):
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in kept))

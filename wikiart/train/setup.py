@@ -188,7 +188,7 @@ def setup_job(cfg: RunConfig) -> Job:
     if train.report_to:
         accelerator.init_trackers("wikiart", config={k: str(v) for k, v in cfg.to_dict().items()})
     logger = RunLogger(run_dir, accelerator, total, show_progress=train.progress)
-    logger.forget_after(state.step)  # a resumed run logs the steps after its checkpoint again
+    logger.forget_after(state.step, state.logged_rows_at_step)  # a resumed run logs them again
     for line in [*_start_lines(cfg, heads, accelerator, steps, total, run_dir, state), batch_line]:
         logger.print(line)
     job = Job(cfg, accelerator, manifest, heads, run_dir, ctx, state, steps, logger)
@@ -308,6 +308,7 @@ def save_training_state(job: Job) -> Path | None:
         job.state.freeze_phase = job.ctx.freeze.phase(job.state.epoch)
         job.state.world_size, job.state.batch_size = acc.num_processes, job.cfg.data.batch_size
         job.state.grad_accum = job.cfg.train.grad_accum
+        job.state.logged_rows_at_step = job.logger.rows_at(job.state.step)
         try:
             path = ckpt.save_checkpoint(job.run_dir, job.state, net.state_dict(), job.ctx.optimizer.state_dict(),
                                         extra, keep_last=job.cfg.train.keep_last)
