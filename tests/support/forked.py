@@ -55,9 +55,10 @@ def import_time_env(env: dict[str, str]) -> set[str]:
 
 
 def check_env(env: dict[str, str]) -> None:
-    if import_time_env(env):
-        raise ValueError(f"a forked run cannot take {sorted(import_time_env(env))} (read at import "
-                         "time): launch a new interpreter for it")
+    refused = import_time_env(env)
+    if refused:
+        raise ValueError(f"a forked run cannot take {sorted(refused)} (read at import time): launch a new "
+                         "interpreter for it")
 
 
 def _run_command(module: str, argv: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
@@ -89,6 +90,7 @@ class ForkedRun:
         check_env(env)
         logs = Path(tempfile.mkdtemp(prefix="forked-run-"))
         self.stdout_path, self.stderr_path = logs / "stdout", logs / "stderr"
+        self.output: tuple[str, str] | None = None  # read once the run has ended; the files go then
         self.process = fork_context().Process(
             target=_run_command, args=(COMMANDS[script], list(argv), dict(env), str(cwd), str(self.stdout_path),
                                        str(self.stderr_path)))
@@ -123,7 +125,7 @@ class ForkedRun:
             self.process.join()
             raise
         finally:
-            if self.process.exitcode is not None and self.stdout_path.parent.exists():
+            if self.process.exitcode is not None and self.output is None:
                 self.output = self.stdout_path.read_text(), self.stderr_path.read_text()
                 shutil.rmtree(self.stdout_path.parent)
         return self.output
